@@ -1,0 +1,193 @@
+"""Load DA-WSOL / wsolevaluation checkpoints strictly and safely.
+
+A checkpoint is untrusted input: it is read with ``torch.load(..., weights_only=True)``, which
+unpickles tensors and plain containers only and never executes code from the file.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import BagcamsError
+from .wsol import ARCHITECTURES, WSOLModel
+
+EXTRACTOR_KEY = "state_dict_extractor"
+CLASSIFIER_KEY = "state_dict_classifier"
+META_KEY = "bagcams_meta"  # optional: {"architecture", "large_feature_map", "class_names"}
+
+
+def _read(path: Path) -> object:
+    if not path.exists():
+        raise BagcamsError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise BagcamsError(f"checkpoint path is a directory, not a file: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise BagcamsError(f"checkpoint is not readable (permission denied): {path}") from None
+    except (zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BagcamsError(f"{path} is not a PyTorch checkpoint ({msg})") from None
+    except Exception as exc:  # pickle.UnpicklingError from weights_only: code or foreign objects
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BagcamsError(
+            f"{path} is not a plain tensor checkpoint and is refused (weights_only loading: {first})"
+        ) from None
+
+
+def _strip_module(sd: Mapping[str, object]) -> dict[str, object]:
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def split_state_dicts(obj: object, path: Path | str = "checkpoint") -> tuple[dict, dict, dict]:
+    """Return (extractor, classifier, meta) state dicts from any accepted checkpoint layout."""
+    if not isinstance(obj, Mapping):
+        raise BagcamsError(f"{path} holds a {type(obj).__name__}, not a state dict or DA-WSOL checkpoint")
+    meta = dict(obj.get(META_KEY, {}) or {}) if isinstance(obj.get(META_KEY, {}), Mapping) else {}
+    if EXTRACTOR_KEY in obj or CLASSIFIER_KEY in obj:
+        for key in (EXTRACTOR_KEY, CLASSIFIER_KEY):
+            if key not in obj or not isinstance(obj[key], Mapping):
+                raise BagcamsError(f"{path}: DA-WSOL checkpoint without a '{key}' state dict")
+        return _strip_module(obj[EXTRACTOR_KEY]), _strip_module(obj[CLASSIFIER_KEY]), meta
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    flat = _strip_module(obj)
+    tensors = {k: v for k, v in flat.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise BagcamsError(f"{path} contains no tensors: not a checkpoint")
+    extractor, classifier = {}, {}
+    for k, v in tensors.items():
+        if k.startswith("extractor."):
+            extractor[k[len("extractor.") :]] = v
+        elif k.startswith("classifier."):
+            classifier[k[len("classifier.") :]] = v
+        elif k.startswith("fc."):
+            classifier[k] = v
+        else:
+            extractor[k] = v
+    return extractor, classifier, meta
+
+
+def infer_architecture(extractor_sd: Mapping[str, object]) -> str:
+    """The architecture whose extractor key set matches best (exact match first)."""
+    keys = set(extractor_sd)
+    best, best_score = None, -1.0
+    for name in ARCHITECTURES:
+        expected = set(WSOLModel(name, 1).extractor.state_dict())
+        if keys == expected:
+            return name
+        score = len(keys & expected) / max(len(keys | expected), 1)
+        if score > best_score:
+            best, best_score = name, score
+    if best is None or best_score < 0.5:
+        raise BagcamsError(
+            "cannot recognise the architecture from the checkpoint's tensor names; "
+            f"pass --arch (valid: {', '.join(ARCHITECTURES)})"
+        )
+    return best
+
+
+def _describe_names(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def load_state_strict(module: torch.nn.Module, sd: Mapping[str, object], what: str) -> None:
+    """``load_state_dict(strict=True)`` with an error that names missing/extra/mis-shaped tensors."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    extra = sorted(set(sd) - set(expected))
+    bad_shape = [
+        f"{k} {tuple(sd[k].shape)} != expected {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(sd))
+        if not isinstance(sd[k], Tensor) or tuple(sd[k].shape) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {_describe_names(missing)}")
+    if extra:
+        problems.append(f"unexpected {_describe_names(extra)}")
+    if bad_shape:
+        problems.append(f"mis-shaped {_describe_names(bad_shape, 3)}")
+    if problems:
+        raise BagcamsError(f"{what} does not match: " + "; ".join(problems))
+    for k, v in sd.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise BagcamsError(f"{what}: tensor {k} contains NaN or Inf")
+    module.load_state_dict({k: v for k, v in sd.items()}, strict=True)
+
+
+def model_from_state_dicts(
+    extractor_sd: Mapping[str, object],
+    classifier_sd: Mapping[str, object],
+    meta: Mapping[str, object] | None = None,
+    architecture: str | None = None,
+    num_classes: int | None = None,
+    large_feature_map: bool | None = None,
+    source: str = "checkpoint",
+) -> WSOLModel:
+    meta = dict(meta or {})
+    arch = architecture or meta.get("architecture") or infer_architecture(extractor_sd)
+    if arch not in ARCHITECTURES:
+        raise BagcamsError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+    fc = classifier_sd.get("fc.weight")
+    if not isinstance(fc, Tensor) or fc.dim() != 4:
+        raise BagcamsError(f"{source}: classifier has no 1x1-conv 'fc.weight' [C,K,1,1]; cannot infer classes")
+    inferred = int(fc.shape[0])
+    classes = num_classes if num_classes is not None else inferred
+    if classes != inferred:
+        raise BagcamsError(f"{source}: --num-classes {classes} but fc.weight has {inferred} classes")
+    lfm = large_feature_map if large_feature_map is not None else bool(meta.get("large_feature_map", True))
+    names = meta.get("class_names")
+    class_names = tuple(str(n) for n in names) if isinstance(names, list | tuple) and len(names) == classes else None
+    model = WSOLModel(arch, classes, lfm, class_names=class_names)
+    load_state_strict(model.extractor, extractor_sd, f"{source}: extractor ({arch})")
+    load_state_strict(model.classifier, classifier_sd, f"{source}: classifier")
+    return model.eval()
+
+
+def load_model(
+    path: str | Path,
+    architecture: str | None = None,
+    num_classes: int | None = None,
+    large_feature_map: bool | None = None,
+) -> WSOLModel:
+    """Load a checkpoint (DA-WSOL dict or plain state dict) into an eval-mode :class:`WSOLModel`.
+
+    Architecture and number of classes are inferred from the tensors unless given. Loading is strict:
+    any missing, unexpected or mis-shaped tensor is an error naming it.
+    """
+    path = Path(path)
+    extractor_sd, classifier_sd, meta = split_state_dicts(_read(path), path)
+    return model_from_state_dicts(
+        extractor_sd, classifier_sd, meta, architecture, num_classes, large_feature_map, source=str(path)
+    )
+
+
+def save_checkpoint(
+    model: WSOLModel, path: str | Path, module_prefix: bool = False, extra: Mapping[str, object] | None = None
+) -> Path:
+    """Write a DA-WSOL-format checkpoint (what the published training code saves)."""
+
+    def prefixed(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {("module." + k if module_prefix else k): v for k, v in sd.items()}
+
+    obj: dict[str, object] = {
+        EXTRACTOR_KEY: prefixed(model.extractor.state_dict()),
+        CLASSIFIER_KEY: prefixed(model.classifier.state_dict()),
+        META_KEY: {
+            "architecture": model.architecture,
+            "large_feature_map": model.large_feature_map,
+            "class_names": list(model.class_names) if model.class_names else None,
+        },
+    }
+    obj.update(extra or {})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, path)
+    return path

@@ -1,0 +1,198 @@
+"""A WSOL model = extractor (CNN trunk) + CAM classifier, and its structured description.
+
+``logits = classifier(GAP(extractor(image))).flatten(1)`` with a 1x1-conv classifier, as in
+wsolevaluation / DA-WSOL. The extractor is a flat sequence of named stages, which is what lets the
+reference capture any target layer without hooks and the exporter split the network there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import BagcamsError
+from .inception import InceptionTrunk, init_inception_
+from .resnet import init_resnet_, resnet18_trunk, resnet50_trunk
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What the rest of the project needs to know about one architecture."""
+
+    name: str
+    build_trunk: Callable[[bool], nn.Module]
+    init: Callable[[nn.Module], None]
+    target_layers: tuple[str, ...]
+    default_target_layer: str
+    min_input_size: int
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "resnet50": ArchSpec(
+        "resnet50", resnet50_trunk, init_resnet_, ("layer1", "layer2", "layer3", "layer4"), "layer3", 32
+    ),
+    "resnet18": ArchSpec(
+        "resnet18", resnet18_trunk, init_resnet_, ("layer1", "layer2", "layer3", "layer4"), "layer3", 32
+    ),
+    "inception_v3": ArchSpec(
+        "inception_v3",
+        InceptionTrunk,
+        init_inception_,
+        (
+            "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+            "SPG_A3_1b", "SPG_A3_2b",
+        ),  # fmt: skip
+        # The stage before the last, at full 28x28 resolution: to Inception what layer3 is to ResNet-50.
+        "SPG_A3_1b",
+        75,
+    ),
+}
+
+
+def arch_spec(name: str) -> ArchSpec:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise BagcamsError(f"unknown architecture {name!r}; valid: {', '.join(ARCHITECTURES)}") from None
+
+
+class CAMClassifier(nn.Module):
+    """GAP then a 1x1 conv (K -> C, bias): checkpoint names ``fc.weight`` [C,K,1,1], ``fc.bias``."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.fc = nn.Conv2d(in_channels, num_classes, kernel_size=1, bias=True)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.fc(features.mean(dim=(2, 3), keepdim=True)).flatten(1)
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """Structured facts about a loaded model, for the CLI (`info`) and the exporter."""
+
+    architecture: str
+    num_classes: int
+    large_feature_map: bool
+    feature_channels: int
+    target_layers: tuple[str, ...]
+    default_target_layer: str
+    last_layer: str
+    layer_channels: dict[str, int] = field(default_factory=dict)
+    parameter_count: int = 0
+    class_names: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class WSOLModel(nn.Module):
+    """Extractor + CAM classifier in eval mode; forward returns logits."""
+
+    def __init__(
+        self,
+        architecture: str,
+        num_classes: int,
+        large_feature_map: bool = True,
+        class_names: tuple[str, ...] | None = None,
+    ):
+        super().__init__()
+        spec = arch_spec(architecture)
+        if num_classes < 1:
+            raise BagcamsError(f"num_classes must be >= 1, got {num_classes}")
+        self.spec = spec
+        self.architecture = architecture
+        self.large_feature_map = large_feature_map
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.extractor = spec.build_trunk(large_feature_map)
+        self.classifier = CAMClassifier(self.extractor.out_channels, num_classes)
+        self.eval()
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return self.extractor.stage_names
+
+    def stage(self, name: str) -> nn.Module:
+        return getattr(self.extractor, name)
+
+    def check_target_layer(self, name: str) -> str:
+        if name not in self.spec.target_layers:
+            raise BagcamsError(
+                f"unknown target layer {name!r} for {self.architecture}; valid: {', '.join(self.spec.target_layers)}"
+            )
+        return name
+
+    def features_and_logits(self, image: Tensor, target_layer: str) -> tuple[Tensor, Tensor]:
+        """Run the network once, returning the target layer's output and the logits."""
+        self.check_target_layer(target_layer)
+        x = image
+        features = None
+        for name in self.stage_names:
+            x = self.stage(name)(x)
+            if name == target_layer:
+                features = x
+        assert features is not None
+        return features, self.classifier(x)
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.classifier(self.extractor(image))
+
+    def describe(self) -> ModelDescription:
+        channels = {}
+        probe = torch.zeros(1, 3, 96, 96)
+        with torch.no_grad():
+            x = probe
+            for name in self.stage_names:
+                x = self.stage(name)(x)
+                if name in self.spec.target_layers:
+                    channels[name] = int(x.shape[1])
+        return ModelDescription(
+            architecture=self.architecture,
+            num_classes=self.num_classes,
+            large_feature_map=self.large_feature_map,
+            feature_channels=self.extractor.out_channels,
+            target_layers=self.spec.target_layers,
+            default_target_layer=self.spec.default_target_layer,
+            last_layer=self.spec.target_layers[-1],
+            layer_channels=channels,
+            parameter_count=sum(p.numel() for p in self.parameters()),
+            class_names=self.class_names,
+        )
+
+
+def build_model(
+    architecture: str,
+    num_classes: int,
+    large_feature_map: bool = True,
+    seed: int | None = 0,
+    randomize_batchnorm: bool = False,
+) -> WSOLModel:
+    """A model with deterministic random weights (a stand-in where no checkpoint is at hand).
+
+    ``randomize_batchnorm`` also draws BN running statistics and affine parameters, so that tests
+    exercise BatchNorm folding instead of identity BNs.
+    """
+    gen_state = torch.random.get_rng_state()
+    if seed is not None:
+        torch.manual_seed(seed)
+    try:
+        model = WSOLModel(architecture, num_classes, large_feature_map)
+        model.spec.init(model.extractor)
+        nn.init.normal_(model.classifier.fc.weight, std=0.01)
+        nn.init.normal_(model.classifier.fc.bias, std=0.01)
+        if randomize_batchnorm:
+            with torch.no_grad():
+                for m in model.modules():
+                    if isinstance(m, nn.BatchNorm2d):
+                        m.weight.uniform_(0.6, 1.4)
+                        m.bias.normal_(0.0, 0.2)
+                        m.running_mean.normal_(0.0, 0.2)
+                        m.running_var.uniform_(0.5, 2.0)
+    finally:
+        if seed is not None:
+            torch.random.set_rng_state(gen_state)
+    return model.eval()
