@@ -1,0 +1,184 @@
+"""The PyTorch reference: what every export is judged against (SPEC.md sections 2-3).
+
+Gradients come from ``torch.autograd`` through the real model, the way the published code gets them;
+the BagCAMs guided rule is applied at ``nn.ReLU`` modules only (a functional relu keeps the plain
+rule) by routing those modules through :class:`GuidedReLUFunction` for the duration of one call.
+The maps come from :mod:`bagcams_deploy.methods.aggregation`, the single definition of the formulas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import BagcamsError
+from ..methods.aggregation import GRADIENT_METHODS, METHODS, cam_raw, gradient_map, upsample_normalize
+from ..models.wsol import WSOLModel
+
+
+class GuidedReLUFunction(torch.autograd.Function):
+    """ReLU whose backward is max(grad_out, 0) * [y > 0] (guided backpropagation)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        y = x.clamp(min=0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> Tensor:  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        return grad_out.clamp(min=0) * (y > 0).to(grad_out.dtype)
+
+
+@contextlib.contextmanager
+def guided_relu_modules(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Within the block, every ``nn.ReLU`` module of ``model`` computes a guided ReLU."""
+    if not enabled:
+        yield
+        return
+    handles = [
+        m.register_forward_hook(lambda _m, inp, _out: GuidedReLUFunction.apply(inp[0]))
+        for m in model.modules()
+        if isinstance(m, nn.ReLU)
+    ]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass
+class CAMResult:
+    """Everything a method computes for a batch; arrays are detached tensors on the input's device."""
+
+    method: str
+    target_layer: str
+    logits: Tensor  # [N, C]
+    class_ids: Tensor  # [N] int64, the classes actually used
+    features: Tensor  # [N, K, h, w]
+    gradients: Tensor | None  # [N, K, h, w]; None for CAM
+    maps: Tensor  # [N, 1, H, W] in [0, 1]
+
+    @property
+    def scores(self) -> Tensor:
+        """The target logit s_c of each image."""
+        return self.logits.gather(1, self.class_ids[:, None])[:, 0]
+
+    def nonpositive_score_images(self) -> list[int]:
+        """Images whose target logit is <= 0: log(s_c) is undefined there (BagCAMs flips the sign)."""
+        return [int(i) for i in torch.nonzero(self.scores <= 0).flatten()]
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise BagcamsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    return method
+
+
+def resolve_class_ids(logits: Tensor, class_ids: Tensor | Sequence[int] | int | None) -> Tensor:
+    """Given class ids (negative = argmax) or None (argmax for all), validated against the logits."""
+    n, c = logits.shape
+    argmax = logits.argmax(dim=1)
+    if class_ids is None:
+        return argmax
+    ids = torch.as_tensor(class_ids, dtype=torch.int64, device=logits.device).flatten()
+    if ids.numel() == 1 and n > 1:
+        ids = ids.expand(n)
+    if ids.numel() != n:
+        raise BagcamsError(f"got {ids.numel()} class ids for {n} images")
+    if (ids >= c).any():
+        bad = int(ids[ids >= c][0])
+        raise BagcamsError(f"class id {bad} out of range: the model has {c} classes (0..{c - 1})")
+    return torch.where(ids < 0, argmax, ids)
+
+
+def score_factor(scores: Tensor, method: str) -> Tensor:
+    """d(score)/d(s_c): 1/s_c for BagCAMs' log(s_c) (0 where s_c == 0, to stay finite), else 1."""
+    if method != "bagcams":
+        return torch.ones_like(scores)
+    safe = torch.where(scores != 0, scores, torch.ones_like(scores))
+    return torch.where(scores != 0, 1.0 / safe, torch.zeros_like(scores))
+
+
+def check_images(model: WSOLModel, images: Tensor) -> None:
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise BagcamsError(f"images must be a float tensor [N, 3, H, W], got {shape}")
+    if images.shape[0] == 0:
+        raise BagcamsError("no images given (batch of size 0)")
+    side = min(images.shape[2:])
+    if side < model.spec.min_input_size:
+        raise BagcamsError(
+            f"input {images.shape[2]}x{images.shape[3]} is too small for {model.architecture} "
+            f"(at least {model.spec.min_input_size}x{model.spec.min_input_size})"
+        )
+    if not torch.isfinite(images).all():
+        raise BagcamsError("images contain NaN or Inf")
+
+
+def compute_cams(
+    model: WSOLModel,
+    images: Tensor,
+    method: str = "bagcams",
+    target_layer: str | None = None,
+    class_ids: Tensor | Sequence[int] | int | None = None,
+    published_autograd: bool = False,
+) -> CAMResult:
+    """Compute a method's maps (and logits, features, gradients) for a batch of normalised images.
+
+    ``class_ids``: one per image (a negative id means the argmax), a single id for all, or None for
+    the argmax. ``target_layer`` defaults to the architecture's default (``layer3`` for ResNets);
+    CAM always uses the last layer. ``published_autograd`` makes parameters require gradients and
+    runs ``backward()`` as the published code does (slower; used to benchmark that baseline).
+    """
+    check_method(method)
+    check_images(model, images)
+    model.eval()
+    size = (int(images.shape[2]), int(images.shape[3]))
+    if method == "cam":
+        layer = model.spec.target_layers[-1]
+        with torch.no_grad():
+            features, logits = model.features_and_logits(images, layer)
+            ids = resolve_class_ids(logits, class_ids)
+            fc = model.classifier.fc
+            raw = cam_raw(features, fc.weight[:, :, 0, 0][ids], fc.bias[ids])
+            maps = upsample_normalize(raw, size, "cam")
+        return CAMResult(method, layer, logits, ids, features, None, maps)
+
+    layer = model.check_target_layer(target_layer or model.spec.default_target_layer)
+    assert method in GRADIENT_METHODS
+    params = list(model.parameters())
+    previous = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(published_autograd)
+    try:
+        with torch.enable_grad(), guided_relu_modules(model, enabled=(method == "bagcams")):
+            # The input requires grad so that the target layer is in the graph even with frozen
+            # parameters; autograd.grad then stops at the target layer.
+            x = images.detach().requires_grad_(True)
+            features, logits = model.features_and_logits(x, layer)
+            ids = resolve_class_ids(logits.detach(), class_ids)
+            scores = logits.gather(1, ids[:, None])[:, 0]
+            objective = (scores * score_factor(scores.detach(), method)).sum()
+            if published_autograd:
+                features.retain_grad()
+                model.zero_grad(set_to_none=True)
+                objective.backward()
+                gradients = features.grad
+                model.zero_grad(set_to_none=True)
+            else:
+                (gradients,) = torch.autograd.grad(objective, features)
+    finally:
+        for p, flag in zip(params, previous, strict=True):
+            p.requires_grad_(flag)
+    features = features.detach()
+    gradients = gradients.detach()
+    with torch.no_grad():
+        maps = gradient_map(method, features, gradients, size)
+    return CAMResult(method, layer, logits.detach(), ids, features, gradients, maps)
