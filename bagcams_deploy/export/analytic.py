@@ -1,0 +1,118 @@
+"""The analytic CAM network: logits, features, exact gradients and the map in one forward pass.
+
+:class:`AnalyticCAM` runs the model up to the target layer, the rest of the network through the rules
+of :mod:`.rules` (keeping masks and indices), then seeds the gradient of the method's score at the
+classifier in closed form and walks the rules backwards. No autograd is involved, so the same module
+is the ``torch-analytic`` backend and, traced, the exported ONNX graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import BagcamsError
+from ..methods.aggregation import GRADIENT_METHODS, cam_raw, gradient_map, upsample_normalize
+from ..models.wsol import WSOLModel
+from ..reference.cams import check_method
+from .rules import rule_for
+
+OUTPUT_NAMES_GRADIENT = ("logits", "class_id_used", "features", "gradients", "cam")
+OUTPUT_NAMES_CAM = ("logits", "class_id_used", "features", "cam")
+
+
+class AnalyticCAM(nn.Module):
+    """``forward(image [N,3,H,W] float32, class_id [N] int64; <0 = argmax)`` -> the contract outputs.
+
+    Outputs, in order: ``logits`` [N,C], ``class_id_used`` [N], ``features`` [N,K,h,w], ``gradients``
+    [N,K,h,w] (gradient methods only; the true gradient times ``gradient_scale``) and, unless
+    ``with_cam`` is False, ``cam`` [N,1,H,W].
+    """
+
+    def __init__(
+        self,
+        model: WSOLModel,
+        method: str = "bagcams",
+        target_layer: str | None = None,
+        with_cam: bool = True,
+        gradient_scale: float = 1.0,
+    ):
+        super().__init__()
+        check_method(method)
+        model.eval()
+        if method == "cam":
+            layer = model.spec.target_layers[-1]
+        else:
+            layer = model.check_target_layer(target_layer or model.spec.default_target_layer)
+        if not gradient_scale > 0:
+            raise BagcamsError(f"gradient_scale must be positive, got {gradient_scale}")
+        names = list(model.stage_names)
+        cut = names.index(layer) + 1
+        self.method, self.target_layer, self.with_cam = method, layer, with_cam
+        self.gradient_scale = float(gradient_scale)
+        self.architecture, self.num_classes = model.architecture, model.num_classes
+        self.prefix = nn.ModuleList([model.stage(n) for n in names[:cut]])
+        guided = method == "bagcams"
+        self.suffix_modules = nn.ModuleList([model.stage(n) for n in names[cut:]])
+        self.suffix = nn.ModuleList([rule_for(model.stage(n), guided) for n in names[cut:]])
+        fc = model.classifier.fc
+        self.register_buffer("fc_weight", fc.weight.detach()[:, :, 0, 0].clone(), persistent=False)
+        self.register_buffer("fc_bias", fc.bias.detach().clone(), persistent=False)
+        self.eval()
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        names = OUTPUT_NAMES_GRADIENT if self.method in GRADIENT_METHODS else OUTPUT_NAMES_CAM
+        return names if self.with_cam else names[:-1]
+
+    def forward(self, image: Tensor, class_id: Tensor) -> tuple[Tensor, ...]:
+        x = image
+        for stage in self.prefix:
+            x = stage(x)
+        features = x
+        tapes = []
+        for rule in self.suffix:
+            x, tape = rule(x)
+            tapes.append(tape)
+        pooled = x.mean(dim=(2, 3))
+        logits = pooled @ self.fc_weight.t() + self.fc_bias
+        used = torch.where(class_id < 0, logits.argmax(dim=1), class_id)
+        w_c = self.fc_weight.index_select(0, used)  # [N, K_last]
+        size = (image.shape[2], image.shape[3])
+
+        if self.method == "cam":
+            outputs: tuple[Tensor, ...] = (logits, used, features)
+            if self.with_cam:
+                raw = cam_raw(features, w_c, self.fc_bias.index_select(0, used))
+                outputs += (upsample_normalize(raw, size, "cam"),)
+            return outputs
+
+        score = logits.gather(1, used[:, None])  # [N, 1]
+        if self.method == "bagcams":
+            # d log(s_c) = d s_c / s_c. Guided ReLUs are only positively homogeneous, so the sign of
+            # 1/s_c goes into the seed and its magnitude is applied after the backward pass (which
+            # keeps half-precision graphs in range); s_c == 0 gives a zero gradient, not inf.
+            sign = torch.sign(score)
+            magnitude = torch.where(score != 0, 1.0 / torch.where(score != 0, score.abs(), 1.0), 0.0)
+        else:
+            sign, magnitude = torch.ones_like(score), None
+        hw = x.shape[2] * x.shape[3]
+        seed = (w_c * (sign * (self.gradient_scale / hw)))[:, :, None, None]
+        grad = seed.expand(x.shape)
+        for rule, tape in zip(reversed(self.suffix), reversed(tapes), strict=True):
+            grad = rule.vjp(tape, grad)
+        if magnitude is not None:
+            grad = grad * magnitude[:, :, None, None]
+        if not self.suffix:
+            grad = grad.contiguous()
+        outputs = (logits, used, features, grad)
+        if self.with_cam:
+            outputs += (gradient_map(self.method, features, grad, size, self.gradient_scale),)
+        return outputs
+
+    @torch.no_grad()
+    def run(self, image: Tensor, class_id: Tensor | None = None) -> dict[str, Tensor]:
+        """Named outputs for a batch (``class_id`` None = argmax for every image)."""
+        if class_id is None:
+            class_id = torch.full((image.shape[0],), -1, dtype=torch.int64)
+        return dict(zip(self.output_names, self(image, class_id), strict=True))
