@@ -1,0 +1,148 @@
+"""The ONNX I/O contract that consumers (Python backends, C++ pipelines, TensorRT) rely on.
+
+Inputs: ``image`` float32 [N,3,H,W] (normalised), ``class_id`` int64 [N] (negative = argmax).
+Outputs: ``logits`` [N,C], ``class_id_used`` int64 [N], ``features`` [N,K,h,w], ``gradients``
+[N,K,h,w] (not for method ``cam``), ``cam`` float32 [N,1,H,W] (unless exported with ``--no-cam``).
+``metadata_props`` carry what a consumer needs to pre-process and to interpret the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BagcamsError
+
+INPUT_NAMES = ("image", "class_id")
+REQUIRED_OUTPUTS = ("logits", "class_id_used", "features")
+PRODUCER = "bagcams-deploy"
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """What an exported graph says about itself (from its metadata_props and I/O)."""
+
+    path: str
+    method: str
+    target_layer: str
+    architecture: str
+    num_classes: int
+    input_size: tuple[int, int] | None  # None when exported with dynamic H, W
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    gradient_scale: float
+    precision: str
+    outputs: tuple[str, ...]
+    producer_version: str
+
+    @property
+    def has_cam(self) -> bool:
+        return "cam" in self.outputs
+
+    @property
+    def has_gradients(self) -> bool:
+        return "gradients" in self.outputs
+
+
+def metadata_props(
+    method: str,
+    target_layer: str,
+    architecture: str,
+    num_classes: int,
+    input_size: tuple[int, int] | None,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    gradient_scale: float,
+    precision: str,
+    producer_version: str,
+    class_names: tuple[str, ...] | None = None,
+) -> dict[str, str]:
+    props = {
+        "method": method,
+        "target_layer": target_layer,
+        "architecture": architecture,
+        "num_classes": str(num_classes),
+        "input_size": "dynamic" if input_size is None else f"{input_size[0]}x{input_size[1]}",
+        "mean": ",".join(f"{v:.6g}" for v in mean),
+        "std": ",".join(f"{v:.6g}" for v in std),
+        "gradient_scale": repr(float(gradient_scale)),
+        "precision": precision,
+        "producer": PRODUCER,
+        "producer_version": producer_version,
+    }
+    if class_names:
+        props["class_names"] = json.dumps(list(class_names))
+    return props
+
+
+def _floats(text: str, key: str, path: str) -> tuple[float, float, float]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise BagcamsError(f"{path}: metadata '{key}' is not a list of numbers: {text!r}") from None
+    if len(vals) != 3:
+        raise BagcamsError(f"{path}: metadata '{key}' must hold 3 numbers, got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+def read_graph_info(path: str | Path) -> GraphInfo:
+    """Open an ONNX file and check it is one of ours; a clear error says what is missing."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise BagcamsError(f"ONNX model not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise BagcamsError(f"{path} is not an ONNX model ({str(exc).splitlines()[0][:120]})") from None
+    if not model.graph.node:
+        raise BagcamsError(f"{path} is not an ONNX model (no graph nodes)")
+    inputs = tuple(i.name for i in model.graph.input)
+    outputs = tuple(o.name for o in model.graph.output)
+    missing_in = [n for n in INPUT_NAMES if n not in inputs]
+    missing_out = [n for n in REQUIRED_OUTPUTS if n not in outputs]
+    if missing_in or missing_out:
+        what = ", ".join([f"input '{n}'" for n in missing_in] + [f"output '{n}'" for n in missing_out])
+        raise BagcamsError(f"{path} is not a bagcams-deploy graph: missing {what}")
+    props = {p.key: p.value for p in model.metadata_props}
+    for key in ("method", "target_layer", "architecture", "num_classes", "input_size", "mean", "std"):
+        if key not in props:
+            raise BagcamsError(f"{path} is not a bagcams-deploy graph: metadata '{key}' missing")
+    method = props["method"]
+    if method != "cam" and "gradients" not in outputs:
+        raise BagcamsError(f"{path}: method {method} graph without a 'gradients' output")
+    size_text = props["input_size"]
+    if size_text == "dynamic":
+        input_size = None
+    else:
+        try:
+            h, w = (int(v) for v in size_text.lower().split("x"))
+        except ValueError:
+            raise BagcamsError(f"{path}: metadata 'input_size' is malformed: {size_text!r}") from None
+        input_size = (h, w)
+    return GraphInfo(
+        path=str(path),
+        method=method,
+        target_layer=props["target_layer"],
+        architecture=props["architecture"],
+        num_classes=int(props["num_classes"]),
+        input_size=input_size,
+        mean=_floats(props["mean"], "mean", str(path)),
+        std=_floats(props["std"], "std", str(path)),
+        gradient_scale=float(props.get("gradient_scale", "1.0")),
+        precision=props.get("precision", "fp32"),
+        outputs=outputs,
+        producer_version=props.get("producer_version", "unknown"),
+    )
+
+
+def class_names_of(path: str | Path) -> tuple[str, ...] | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for p in model.metadata_props:
+        if p.key == "class_names":
+            return tuple(json.loads(p.value))
+    return None

@@ -1,0 +1,124 @@
+"""The backend interface: one way to run any deployment of a CAM graph.
+
+Shaped after Polygraphy's runners: a backend is a context manager (``activate`` builds sessions and
+buffers, ``deactivate`` frees them), ``infer`` checks the inputs once in this base class and calls the
+backend's ``infer_impl``, which records its own inference time so benchmarks never time Python glue.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BagcamsError
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What a backend computes: consumers use it to pre-process and to read outputs."""
+
+    method: str
+    target_layer: str
+    architecture: str
+    num_classes: int
+    input_size: tuple[int, int] | None  # None: any size
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    outputs: tuple[str, ...]
+    gradient_scale: float = 1.0
+    class_names: tuple[str, ...] | None = None
+
+
+class Backend(ABC):
+    """Runs a batch of normalised images (+ optional class ids) and returns named numpy outputs."""
+
+    name: str = "backend"
+
+    def __init__(self) -> None:
+        self.active = False
+        self.last_inference_time: float | None = None  # seconds, set by infer_impl
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def activate(self) -> None:
+        if not self.active:
+            self.activate_impl()
+            self.active = True
+
+    def deactivate(self) -> None:
+        if self.active:
+            self.deactivate_impl()
+            self.active = False
+
+    def __enter__(self) -> Backend:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    def activate_impl(self) -> None:  # noqa: B027 - optional hook
+        """Allocate sessions/buffers (optional)."""
+
+    def deactivate_impl(self) -> None:  # noqa: B027 - optional hook
+        """Free sessions/buffers (optional)."""
+
+    # --- the contract -------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def spec(self) -> BackendSpec: ...
+
+    def infer(self, images: np.ndarray, class_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Validate inputs, run, return ``{output name: array}`` (the ONNX contract's names)."""
+        self.activate()
+        images, ids = self.check_inputs(images, class_ids)
+        return self.infer_impl(images, ids)
+
+    @abstractmethod
+    def infer_impl(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Run on checked inputs; must set ``self.last_inference_time``."""
+
+    def check_inputs(self, images: np.ndarray, class_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        spec = self.spec
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise BagcamsError(f"{self.name}: images must be [N, 3, H, W], got shape {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise BagcamsError(f"{self.name}: empty batch")
+        if spec.input_size is not None and tuple(images.shape[2:]) != tuple(spec.input_size):
+            h, w = spec.input_size
+            raise BagcamsError(
+                f"{self.name}: images are {images.shape[2]}x{images.shape[3]} but the model takes {h}x{w}"
+            )
+        if images.dtype != np.float32:
+            images = images.astype(np.float32)
+        if not np.isfinite(images).all():
+            raise BagcamsError(f"{self.name}: images contain NaN or Inf")
+        n = images.shape[0]
+        if class_ids is None:
+            ids = np.full((n,), -1, dtype=np.int64)
+        else:
+            ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+            if ids.size == 1 and n > 1:
+                ids = np.repeat(ids, n)
+            if ids.size != n:
+                raise BagcamsError(f"{self.name}: {ids.size} class ids for {n} images")
+            if (ids >= spec.num_classes).any():
+                bad = int(ids[ids >= spec.num_classes][0])
+                raise BagcamsError(
+                    f"class id {bad} out of range: the model has {spec.num_classes} classes (0..{spec.num_classes - 1})"
+                )
+        return np.ascontiguousarray(images), np.ascontiguousarray(ids)
+
+
+class Timer:
+    """Wall-clock timer for ``infer_impl`` bodies: ``with Timer() as t: ...; t.seconds``."""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start

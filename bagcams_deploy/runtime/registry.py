@@ -1,0 +1,85 @@
+"""Backend names -> backends. GPU and OpenVINO backends are imported lazily, only when asked for."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import BagcamsError
+from ..export.contract import read_graph_info
+from ..models.wsol import WSOLModel
+from .base import Backend
+
+# name -> (module, class, what it runs on)
+GRAPH_BACKENDS: dict[str, tuple[str, str, str]] = {
+    "ort-cpu": ("ort_backend", "OrtBackend", "ONNX Runtime, CPU"),
+    "ort-cuda": ("ort_backend", "OrtBackend", "ONNX Runtime, CUDA (onnxruntime-gpu)"),
+    "ort-trt": ("ort_backend", "OrtBackend", "ONNX Runtime, TensorRT EP (onnxruntime-gpu)"),
+    "ov-cpu": ("openvino_backend", "OpenVINOBackend", "OpenVINO runtime, CPU"),
+    "tensorrt": ("tensorrt_backend", "TensorRTBackend", "TensorRT engine + CUDA aggregation kernel"),
+    "tensorrt-cam": ("tensorrt_backend", "TensorRTBackend", "TensorRT engine, in-graph cam output"),
+}
+MODEL_BACKENDS: dict[str, str] = {
+    "torch-reference": "PyTorch autograd reference (published semantics)",
+    "torch-analytic": "the analytic graph as a PyTorch module",
+}
+ALL_BACKENDS = tuple(MODEL_BACKENDS) + tuple(GRAPH_BACKENDS)
+
+
+def _graph_backend(name: str, path: str, threads: int | None, exact: bool) -> Backend:
+    module_name, cls_name, _ = GRAPH_BACKENDS[name]
+    try:
+        module = importlib.import_module(f"{__package__}.{module_name}")
+    except ImportError as exc:
+        raise BagcamsError(f"backend {name} is not available in this installation ({exc})") from None
+    cls: Callable[..., Backend] = getattr(module, cls_name)
+    if name.startswith("ort-"):
+        return cls(path, kind=name, threads=threads, exact=exact)
+    if name.startswith("tensorrt"):
+        return cls(path, use_kernel=(name == "tensorrt"))
+    return cls(path, threads=threads)
+
+
+def create_backend(
+    name: str,
+    graph: str | Path | None = None,
+    model: WSOLModel | None = None,
+    method: str | None = None,
+    target_layer: str | None = None,
+    threads: int | None = None,
+    exact: bool = False,
+    device: str = "cpu",
+) -> Backend:
+    """Build backend ``name``. Graph backends need ``graph``; torch backends need ``model`` and take the
+    method, target layer and input size from ``graph``'s metadata when one is given."""
+    if name in GRAPH_BACKENDS:
+        if graph is None:
+            raise BagcamsError(f"backend {name} needs an exported model (.onnx or .plan)")
+        return _graph_backend(name, str(graph), threads, exact)
+    if name in MODEL_BACKENDS:
+        if model is None:
+            raise BagcamsError(f"backend {name} needs the PyTorch checkpoint (--checkpoint)")
+        size = None
+        if graph is not None and str(graph).endswith(".onnx"):
+            info = read_graph_info(graph)
+            method, target_layer, size = info.method, info.target_layer, info.input_size
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        from .torch_backends import TorchAnalyticBackend, TorchReferenceBackend
+
+        cls = TorchReferenceBackend if name == "torch-reference" else TorchAnalyticBackend
+        return cls(model, method or "bagcams", target_layer, input_size=size, device=device)
+    raise BagcamsError(f"unknown backend {name!r}; valid: {', '.join(ALL_BACKENDS)}")
+
+
+def parse_backends(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise BagcamsError("no backend named")
+    for n in names:
+        if n not in ALL_BACKENDS:
+            raise BagcamsError(f"unknown backend {n!r}; valid: {', '.join(ALL_BACKENDS)}")
+    return names

@@ -1,0 +1,99 @@
+"""PyTorch backends: the autograd reference and the analytic graph as a module (no autograd)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import BagcamsError
+from ..export.analytic import AnalyticCAM
+from ..models.wsol import WSOLModel
+from ..preprocessing import MEAN, STD
+from ..reference.cams import compute_cams
+from .base import Backend, BackendSpec, Timer
+
+
+def torch_device(device: str) -> torch.device:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BagcamsError(f"device {device!r} requested but this torch build sees no CUDA GPU")
+    return torch.device(device)
+
+
+class _TorchBackend(Backend):
+    def __init__(
+        self,
+        model: WSOLModel,
+        method: str,
+        target_layer: str | None,
+        input_size: tuple[int, int] | None = None,
+        device: str = "cpu",
+    ):
+        super().__init__()
+        self.model = model.eval()
+        self.device = torch_device(device)
+        probe = AnalyticCAM(model, method, target_layer)  # validates method and layer once
+        self._spec = BackendSpec(
+            method=probe.method,
+            target_layer=probe.target_layer,
+            architecture=model.architecture,
+            num_classes=model.num_classes,
+            input_size=input_size,
+            mean=MEAN,
+            std=STD,
+            outputs=probe.output_names,
+            class_names=model.class_names,
+        )
+
+    @property
+    def spec(self) -> BackendSpec:
+        return self._spec
+
+    def activate_impl(self) -> None:
+        self.model.to(self.device)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class TorchReferenceBackend(_TorchBackend):
+    """The PyTorch reference (autograd). ``published_autograd`` mirrors the published code's cost."""
+
+    name = "torch-reference"
+
+    def __init__(self, *args, published_autograd: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.published_autograd = published_autograd
+
+    def infer_impl(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(images).to(self.device)
+        ids = torch.from_numpy(class_ids).to(self.device)
+        with Timer() as t:
+            r = compute_cams(
+                self.model, x, self.spec.method, self.spec.target_layer, ids, published_autograd=self.published_autograd
+            )
+            self._sync()
+        self.last_inference_time = t.seconds
+        out = {"logits": r.logits, "class_id_used": r.class_ids, "features": r.features, "cam": r.maps}
+        if r.gradients is not None:
+            out["gradients"] = r.gradients
+        return {k: v.cpu().numpy() for k, v in out.items()}
+
+
+class TorchAnalyticBackend(_TorchBackend):
+    """The analytic graph run as a PyTorch module: what the ONNX export contains, without ONNX."""
+
+    name = "torch-analytic"
+
+    def activate_impl(self) -> None:
+        super().activate_impl()
+        self.net = AnalyticCAM(self.model, self.spec.method, self.spec.target_layer).to(self.device)
+
+    def infer_impl(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
+        x = torch.from_numpy(images).to(self.device)
+        ids = torch.from_numpy(class_ids).to(self.device)
+        with Timer() as t, torch.no_grad():
+            outputs = self.net(x, ids)
+            self._sync()
+        self.last_inference_time = t.seconds
+        return {k: v.cpu().numpy() for k, v in zip(self.net.output_names, outputs, strict=True)}
