@@ -1,0 +1,62 @@
+"""The ``bagcams-deploy`` command line: a thin layer over the library.
+
+Every command parses its options, calls the library and renders the result. A :class:`BagcamsError`
+(anything the user can fix) is caught here, once, and printed as one line on stderr with exit 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from .errors import BagcamsError
+
+app = typer.Typer(
+    name="bagcams-deploy",
+    help="Deploy BagCAMs and the CAM family of WSOL models: export, verify, benchmark, localize, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Command modules under bagcams_deploy/commands, each with register(app).
+COMMAND_MODULES = ("core", "export_verify", "bench", "evaluate", "engine", "demo")
+
+for _name in COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(f"{__package__}.commands.{_name}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"{__package__}.commands.{_name}":
+            raise
+        continue
+    _module.register(app)
+
+
+def main() -> None:
+    """Console-script entry point: one-line errors, never a traceback for user mistakes."""
+    try:
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except BagcamsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()
