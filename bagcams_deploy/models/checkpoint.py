@@ -27,6 +27,13 @@ def _read(path: Path) -> object:
     if path.is_dir():
         raise BagcamsError(f"checkpoint path is a directory, not a file: {path}")
     try:
+        with path.open("rb") as fh:
+            magic = fh.read(4)
+    except PermissionError:
+        raise BagcamsError(f"checkpoint is not readable (permission denied): {path}") from None
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+        raise BagcamsError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip nor a pickle)")
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:
         raise BagcamsError(f"checkpoint is not readable (permission denied): {path}") from None
@@ -34,9 +41,11 @@ def _read(path: Path) -> object:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BagcamsError(f"{path} is not a PyTorch checkpoint ({msg})") from None
     except Exception as exc:  # pickle.UnpicklingError from weights_only: code or foreign objects
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")
         raise BagcamsError(
-            f"{path} is not a plain tensor checkpoint and is refused (weights_only loading: {first})"
+            f"{path} is refused: it holds pickled objects other than tensors, and loading it would run code"
+            + (f" ({detail[:120]})" if detail else "")
+            + "; re-save it as a plain state dict"
         ) from None
 
 

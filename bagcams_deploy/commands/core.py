@@ -1,0 +1,89 @@
+"""``info`` and ``cam``: look at a checkpoint; compute reference maps for image files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from ..errors import BagcamsError
+from ..methods.aggregation import METHODS
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info")(info)
+    app.command("cam")(cam)
+
+
+def info(
+    checkpoint: Path = typer.Argument(..., help="DA-WSOL checkpoint or state dict (.pth/.pt)"),
+    arch: str = typer.Option(None, "--arch", help="architecture (inferred from tensor names when omitted)"),
+    num_classes: int = typer.Option(None, "--num-classes", help="classes (inferred from fc.weight when omitted)"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON instead of text"),
+) -> None:
+    """Architecture, classes, target layers and parameter count of a checkpoint."""
+    from ..models import load_model
+
+    d = load_model(checkpoint, arch, num_classes).describe()
+    if json_out:
+        typer.echo(json.dumps(d.to_dict(), indent=2))
+        return
+    typer.echo(f"checkpoint:        {checkpoint}")
+    typer.echo(f"architecture:      {d.architecture} (large_feature_map={d.large_feature_map})")
+    typer.echo(f"classes:           {d.num_classes}")
+    typer.echo(f"feature channels:  {d.feature_channels}")
+    typer.echo(f"parameters:        {d.parameter_count:,}")
+    layers = ", ".join(f"{n} ({d.layer_channels.get(n, '?')}ch)" for n in d.target_layers)
+    typer.echo(f"target layers:     {layers}")
+    typer.echo(f"default target:    {d.default_target_layer}")
+
+
+def cam(
+    checkpoint: Path = typer.Argument(..., help="DA-WSOL checkpoint or state dict"),
+    images: list[Path] = typer.Argument(..., help="image files or folders"),
+    out: Path = typer.Option(..., "--out", help="output folder"),
+    method: str = typer.Option("bagcams", "--method", help="|".join(METHODS)),
+    target_layer: str = typer.Option(None, "--target-layer", help="default: layer3 (ResNet), SPG_A3_1b (Inception)"),
+    class_id: int = typer.Option(None, "--class-id", help="class to explain (default: the predicted class)"),
+    arch: str = typer.Option(None, "--arch"),
+    num_classes: int = typer.Option(None, "--num-classes"),
+    input_size: int = typer.Option(224, "--input-size"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+) -> None:
+    """PyTorch-reference maps for image files: an overlay PNG and the raw map (.npy) per image."""
+    from ..models import load_model
+    from ..preprocessing import expand_image_paths, load_image, preprocess
+    from ..progress import progress_bar
+    from ..reference import compute_cams
+    from ..visualize import render_overlay, save_png
+
+    if method not in METHODS:
+        raise BagcamsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    model = load_model(checkpoint, arch, num_classes)
+    if target_layer is not None and method != "cam":
+        model.check_target_layer(target_layer)
+    paths = expand_image_paths(images)
+    out.mkdir(parents=True, exist_ok=True)
+    flagged = []
+    with progress_bar(len(paths), f"{method} maps") as advance:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            rgbs = [load_image(p) for p in chunk]
+            x = preprocess(rgbs, (input_size, input_size))
+            ids = None if class_id is None else [class_id] * len(chunk)
+            r = compute_cams(model, x, method, target_layer, ids)
+            for i, (p, rgb) in enumerate(zip(chunk, rgbs, strict=True)):
+                m = r.maps[i, 0].numpy()
+                c = int(r.class_ids[i])
+                np.save(out / f"{p.stem}.npy", m.astype(np.float32))
+                name = model.class_names[c] if model.class_names else f"class {c}"
+                label = f"{name} ({float(r.scores[i]):.2f})"
+                save_png(out / f"{p.stem}_overlay.png", render_overlay(rgb, m, label=label))
+                if method == "bagcams" and float(r.scores[i]) <= 0:
+                    flagged.append(p.name)
+            advance(len(chunk))
+    typer.echo(f"wrote {len(paths)} overlays and maps to {out}")
+    if flagged:
+        typer.echo(f"note: target logit <= 0 (log undefined; BagCAMs sign-flipped) for: {', '.join(flagged)}", err=True)
