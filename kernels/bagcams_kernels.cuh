@@ -30,6 +30,12 @@
 #include <cuda_fp16.h>
 #include <math_constants.h>
 
+// Declares the block's dynamic shared memory; overridable so that tests can run this code on a
+// CPU emulation (kernels/emu/cuda_emu.h).
+#ifndef BAGCAMS_DYNAMIC_SMEM
+#define BAGCAMS_DYNAMIC_SMEM(TYPE, NAME) extern __shared__ TYPE NAME[]
+#endif
+
 namespace bagcams {
 
 // ----------------------------------------------------------------------------------------------
@@ -184,7 +190,7 @@ template <class Op, typename T, bool kSmem>
 __device__ __forceinline__ void partial_body(const T* __restrict__ features, const T* __restrict__ gradients,
                                              float* __restrict__ partial, int k_total, int p_total,
                                              int channels_per_block, float gradient_scale) {
-  extern __shared__ float4 bagcams_dyn_smem[];  // float4: 16-byte alignment
+  BAGCAMS_DYNAMIC_SMEM(float4, bagcams_dyn_smem);  // float4: 16-byte alignment
   __shared__ float coef[kWarps];
   float* smem = reinterpret_cast<float*>(bagcams_dyn_smem);
 

@@ -1,0 +1,431 @@
+"""The CUDA aggregation kernels (kernels/, bagcams_deploy/kernels/).
+
+CPU-only (run everywhere):
+  * the sources compile with the machine's nvcc for every shipped target, with no register spill;
+  * the shipped fatbin and source copies match kernels/ (sha256 stamp written by build.sh);
+  * the Python launch plan matches the C API's (bagcams_workspace_size, compiled and run on the host);
+  * the device code itself, run on a CPU emulation of CUDA (kernels/emu), matches the torch
+    formulas of bagcams_deploy.methods.aggregation: every method, float32/float16, both partial
+    paths, gradient_scale, constant and non-finite maps.
+GPU (@pytest.mark.gpu, skipped without pycuda and a CUDA device): the real kernels through the
+PyCUDA launcher against the same oracle.
+
+Oracle: the aggregation formulas evaluated in float64 on the very values the kernel receives (the
+float16 inputs are cast up, so input rounding is the same on both sides), then F.interpolate and
+normalize_minmax. Bounds on the normalised [0, 1] map: float32 inputs 1e-5 (float32 accumulation
+over K*h*w terms; observed ~1e-6); float16 inputs 5e-5 (same arithmetic, the bound leaves room for
+the larger dynamic range of the float16 test data; observed ~1e-6). Against gradient_map itself
+(float32 torch on CPU) the bound is 5e-5 for both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bagcams_deploy.errors import BagcamsError, MissingDependencyError
+from bagcams_deploy.kernels import launcher
+from bagcams_deploy.methods import aggregation as agg
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "kernels"
+PKG = ROOT / "bagcams_deploy" / "kernels"
+SOURCES = ("bagcams_kernels.cuh", "bagcams_kernels.cu", "bagcams_kernels.h")
+ARCHS = (75, 80, 86, 89, 90)
+PTX_ARCH = 90
+METHODS = tuple(launcher.METHODS)
+TOL = {"float32": 1e-5, "float16": 5e-5}
+TOL_VS_GRADIENT_MAP = 5e-5
+
+NVCC = shutil.which(os.environ.get("NVCC", "nvcc"))
+
+
+def _cuda_include() -> Path | None:
+    """The CUDA toolkit's include folder (for cuda_fp16.h), from CUDA_HOME/CUDA_PATH or nvcc."""
+    candidates = [Path(os.environ[v]) / "include" for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    if NVCC:
+        candidates.append(Path(NVCC).resolve().parent.parent / "include")
+        try:  # nvcc may be a wrapper script: ask it where its headers are
+            out = subprocess.run([NVCC, "--dryrun", "--version"], capture_output=True, text=True, timeout=30)
+            for m in re.finditer(r"INCLUDES=\"-I([^\"]+?)/?\"", out.stdout + out.stderr):
+                candidates.append(Path(m.group(1)))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    candidates.append(Path("/usr/local/cuda/include"))
+    return next((c for c in candidates if (c / "cuda_fp16.h").is_file()), None)
+
+
+CUDA_INCLUDE = _cuda_include()
+CXX = shutil.which(os.environ.get("CXX", "g++"))
+
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found on PATH (set NVCC=...)")
+
+
+# ---------------------------------------------------------------------------------------------
+# test data and oracle
+# ---------------------------------------------------------------------------------------------
+
+
+def make_inputs(shape, dtype="float32", gradient_scale=1.0, seed=0):
+    """Realistic, well-conditioned inputs: F >= 0 (post-ReLU features); per-channel gradient sign
+    with 10 % small opposite-sign entries, so ReLU(g) matters and GradCAM++'s 2g^2 + S_k stays far
+    from zero wherever ReLU(g) > 0 (random-sign data makes that formula ill-conditioned and would
+    test float32 vs float64 rounding rather than the kernel)."""
+    rng = np.random.default_rng(seed)
+    n, k = shape[:2]
+    f = np.maximum(rng.standard_normal(shape), 0.0)
+    sign = np.where(rng.random((n, k, 1, 1)) < 0.5, -1.0, 1.0)
+    g = sign * (0.25 + np.abs(rng.standard_normal(shape)))
+    flip = rng.random(shape) < 0.1
+    g = np.where(flip, -sign * rng.uniform(0.0, 0.3, shape), g) * gradient_scale
+    return f.astype(dtype), g.astype(dtype)
+
+
+def oracle64(method, features, gradients, size, gradient_scale=1.0):
+    f = torch.from_numpy(features.astype(np.float64))
+    g = torch.from_numpy(gradients.astype(np.float64)) / gradient_scale
+    raw = agg.GRADIENT_AGGREGATIONS[method](f, g)
+    up = F.interpolate(raw, size=size, mode="bilinear", align_corners=False)
+    return agg.normalize_minmax(up).numpy()
+
+
+def oracle_gradient_map(method, features, gradients, size, gradient_scale=1.0):
+    f = torch.from_numpy(features)
+    g = torch.from_numpy(gradients)
+    return agg.gradient_map(method, f, g, size, gradient_scale).numpy()
+
+
+def check_against_oracles(out, method, f, g, size, scale):
+    dtype = f.dtype.name
+    assert out.shape == (f.shape[0], 1, *size)
+    assert out.dtype == np.float32
+    assert np.isfinite(out).all()
+    err64 = float(np.abs(out - oracle64(method, f, g, size, scale)).max())
+    err32 = float(np.abs(out - oracle_gradient_map(method, f, g, size, scale)).max())
+    assert err64 <= TOL[dtype], f"{method} {dtype}: max abs err {err64:.3g} vs float64 oracle"
+    assert err32 <= TOL_VS_GRADIENT_MAP, f"{method} {dtype}: max abs err {err32:.3g} vs gradient_map"
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) CPU: compilation, shipped binary, plan
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_nvcc
+def test_sources_compile_for_all_targets_without_spills(tmp_path):
+    listed = subprocess.run(
+        [NVCC, "--list-gpu-arch"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    missing = [a for a in ARCHS if f"compute_{a}" not in listed]
+    if missing:
+        pytest.fail(f"this nvcc dropped compute_{missing}: update ARCHS here and in kernels/build.sh")
+    gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]
+    gencode.append(f"-gencode=arch=compute_{PTX_ARCH},code=compute_{PTX_ARCH}")
+    cmd = [NVCC, "-fatbin", "-std=c++17", "-O3", "-Xptxas", "-v", "--threads", "0", *gencode]
+    cmd += ["-o", str(tmp_path / "k.fatbin"), str(SRC / "bagcams_kernels.cu")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"nvcc failed:\n{log[-4000:]}"
+    assert "error" not in log.lower()
+    spills = re.findall(r"(\d+) bytes spill (?:stores|loads)", log)
+    assert spills, "ptxas -v printed no spill statistics"
+    assert all(int(s) == 0 for s in spills), f"register spills:\n{log[-4000:]}"
+    entries = re.findall(r"Compiling entry function '(\w+)' for 'sm_(\d+)'", log)
+    names = {name for name, _ in entries}
+    expected = {f"bagcams_partial_{m}_{t}{v}" for m in METHODS for t in ("f32", "f16") for v in ("", "_gmem")}
+    expected |= {"bagcams_reduce_partials", "bagcams_minmax", "bagcams_normalize"}
+    assert names == expected
+    for arch in ARCHS:
+        assert {name for name, a in entries if int(a) == arch} == expected, f"sm_{arch} incomplete"
+
+
+def _source_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for name in SOURCES:
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()
+
+
+def test_shipped_fatbin_is_built_from_current_sources():
+    fatbin = PKG / "bagcams_kernels.fatbin"
+    assert fatbin.is_file() and fatbin.stat().st_size > 0, "run kernels/build.sh"
+    assert fatbin.read_bytes()[:4] == bytes.fromhex("50ed55ba"), "not a CUDA fatbin"
+    stamp = (PKG / "bagcams_kernels.fatbin.sha256").read_text().strip()
+    assert stamp == _source_digest(SRC), "kernels/ changed since the fatbin was built: run kernels/build.sh"
+    for name in SOURCES:
+        assert (PKG / name).read_bytes() == (SRC / name).read_bytes(), f"stale shipped copy of {name}"
+    assert launcher.source_sha256() == stamp
+
+
+@needs_nvcc
+def test_python_plan_matches_c_api(tmp_path):
+    shapes = [
+        (1, 1024, 28, 28, 224, 224),
+        (3, 37, 7, 9, 61, 45),
+        (32, 2048, 7, 7, 224, 224),
+        (5, 3, 1, 1, 1, 1),
+    ]
+    main = tmp_path / "main.cpp"
+    lines = ['#include "bagcams_kernels.h"', "#include <cstdio>", "int main() {"]
+    for s in shapes:
+        lines.append(f'  std::printf("%zu\\n", bagcams_workspace_size({", ".join(map(str, s))}));')
+    lines.append('  std::printf("%zu\\n", bagcams_workspace_size(0, 1, 1, 1, 1, 1));')
+    lines += ["  return 0;", "}"]
+    main.write_text("\n".join(lines) + "\n")
+    exe = tmp_path / "plan"
+    cmd = [NVCC, "-std=c++17", "-arch=sm_90", "-I", str(SRC), str(SRC / "bagcams_kernels.cu"), str(main)]
+    cmd += ["-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = [
+        int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+    ]
+    want = [launcher.make_plan("bagcams", *s).workspace_bytes for s in shapes] + [0]
+    assert got == want
+
+
+@pytest.mark.parametrize("shape", [(1, 1024, 28, 28), (8, 1024, 28, 28), (32, 1024, 28, 28), (3, 37, 7, 9)])
+def test_plan_covers_every_channel_and_output(shape):
+    plan = launcher.make_plan("gradcampp", *shape, 224, 224)
+    k = shape[1]
+    assert plan.channels_per_block % launcher.WARPS == 0
+    assert (plan.groups - 1) * plan.channels_per_block < k <= plan.groups * plan.channels_per_block
+    assert (plan.blocks - 1) * plan.chunk < 224 * 224 <= plan.blocks * plan.chunk
+    assert plan.raw_offset >= plan.n * plan.groups * plan.p * 4
+    assert plan.stats_offset >= plan.raw_offset + plan.n * plan.p * 4
+    assert plan.workspace_bytes >= plan.stats_offset + plan.n * plan.blocks * 12
+    assert plan.smem_bytes == plan.p * (1 + launcher.WARPS * 2) * 4
+
+
+@pytest.mark.parametrize(
+    ("dims", "message"),
+    [
+        ((0, 4, 7, 7, 14, 14), "N must be > 0"),
+        ((1, 4, 7, -1, 14, 14), "w must be > 0"),
+        ((1, 4, 7, 7, 14, 0), "W must be > 0"),
+        ((70000, 4, 7, 7, 14, 14), "split the batch"),
+        ((1, 4.0, 7, 7, 14, 14), "K must be an int"),
+    ],
+)
+def test_plan_rejects_bad_dims(dims, message):
+    with pytest.raises(BagcamsError, match=message):
+        launcher.make_plan("pcs", *dims)
+
+
+def test_unknown_method_and_dtype_are_clear_errors():
+    with pytest.raises(BagcamsError, match="valid: bagcams, gradcam, gradcampp, pcs"):
+        launcher.make_plan("cam", 1, 1, 1, 1, 1, 1)
+    with pytest.raises(BagcamsError, match="unsupported dtype"):
+        launcher._dtype_key("float64")
+
+
+def test_missing_pycuda_is_a_clear_error():
+    try:
+        import pycuda.driver  # noqa: F401
+    except Exception:
+        with pytest.raises(MissingDependencyError, match="pycuda"):
+            launcher.AggregationKernel("bagcams", "float32")
+    else:
+        pytest.skip("pycuda is installed here")
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) CPU: the device code on a CPU emulation of CUDA
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    if CXX is None or CUDA_INCLUDE is None or not (CUDA_INCLUDE / "cuda_fp16.h").is_file():
+        pytest.skip("the CUDA emulation needs g++ (C++20) and the CUDA headers (cuda_fp16.h)")
+    exe = tmp_path_factory.mktemp("emu") / "bagcams_emu"
+    cmd = [CXX, "-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-Wno-unknown-pragmas"]
+    cmd += ["-I", str(CUDA_INCLUDE), str(SRC / "emu" / "emu_main.cpp"), "-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.fail(f"building the CUDA emulation failed:\n{proc.stderr[-4000:]}")
+    return exe
+
+
+def run_emulator(exe, method, f, g, size, scale=1.0, smem=True):
+    n, k, h, w = f.shape
+    out_h, out_w = size
+    plan = launcher.make_plan(method, n, k, h, w, out_h, out_w)
+    work = exe.parent
+    f.tofile(work / "f.bin")
+    g.tofile(work / "g.bin")
+    dt = launcher.DTYPES[f.dtype.name]
+    args = [method, dt, n, k, h, w, out_h, out_w, repr(float(scale)), plan.groups, plan.channels_per_block]
+    args += [plan.blocks, plan.chunk, int(smem), work / "f.bin", work / "g.bin", work / "out.bin"]
+    subprocess.run([str(exe), *map(str, args)], check=True, timeout=600)
+    return np.fromfile(work / "out.bin", dtype=np.float32).reshape(n, 1, out_h, out_w)
+
+
+@pytest.mark.parametrize("smem", [True, False], ids=["smem", "gmem"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("method", METHODS)
+def test_emulated_kernel_matches_oracle(emulator, method, dtype, smem):
+    scale = 1.0 if dtype == "float32" else 256.0
+    f, g = make_inputs((3, 37, 7, 9), dtype, scale, seed=1)
+    out = run_emulator(emulator, method, f, g, (61, 45), scale, smem)
+    check_against_oracles(out, method, f, g, (61, 45), scale)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_emulated_gradient_scale_is_divided_out(emulator, method):
+    f, g = make_inputs((2, 9, 5, 6), "float32", 8.0, seed=2)
+    out = run_emulator(emulator, method, f, g, (13, 11), 8.0)
+    check_against_oracles(out, method, f, g, (13, 11), 8.0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"),
+    [((2, 5, 7, 9), (7, 9)), ((2, 6, 12, 10), (5, 4)), ((1, 4, 1, 1), (3, 5)), ((2, 3, 6, 1), (1, 1))],
+    ids=["same-size", "downsample", "1x1-source", "1x1-output"],
+)
+def test_emulated_interpolation_edge_sizes(emulator, shape, size):
+    f, g = make_inputs(shape, "float32", seed=3)
+    out = run_emulator(emulator, "pcs", f, g, size)
+    ref = oracle64("pcs", f, g, size)
+    assert np.abs(out - ref).max() <= TOL["float32"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_emulated_constant_and_non_finite_maps_are_zero(emulator, method):
+    f, g = make_inputs((3, 6, 5, 5), "float32", seed=4)
+    f[0] = 0.0  # image 0: zero features -> constant map
+    f[1, 2, 3, 1] = np.inf  # image 1: non-finite (a positive channel, so no ReLU can clip -inf away)
+    g[1, 2] = np.abs(g[1, 2]) + 0.1
+    out = run_emulator(emulator, method, f, g, (9, 8))
+    ref = oracle64(method, f, g, (9, 8))
+    assert np.all(ref[:2] == 0.0)  # what the oracle says, so the test means what it claims
+    assert np.all(out[:2] == 0.0)
+    assert np.abs(out[2] - ref[2]).max() <= TOL["float32"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_emulated_kernel_feature_map_28x28(emulator, method):
+    f, g = make_inputs((2, 64, 28, 28), "float32", seed=5)
+    out = run_emulator(emulator, method, f, g, (224, 224))
+    check_against_oracles(out, method, f, g, (224, 224), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) GPU: the real kernels through PyCUDA
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cuda_ready():
+    try:
+        import pycuda.driver as drv
+    except Exception as exc:
+        pytest.skip(f"pycuda is not usable here ({type(exc).__name__}: {exc})")
+    try:
+        drv.init()
+        count = drv.Device.count()
+    except Exception as exc:
+        pytest.skip(f"no usable CUDA driver ({exc})")
+    if count < 1:
+        pytest.skip("no CUDA device")
+    return drv
+
+
+_KERNELS: dict = {}
+
+
+def gpu_kernel(method, dtype, **kwargs):
+    key = (method, dtype, tuple(sorted(kwargs.items())))
+    if key not in _KERNELS:
+        _KERNELS[key] = launcher.AggregationKernel(method, dtype, **kwargs)
+    return _KERNELS[key]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("shape", "size"), [((3, 37, 7, 9), (61, 45)), ((8, 1024, 28, 28), (224, 224))], ids=["odd", "resnet"]
+)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("method", METHODS)
+def test_gpu_kernel_matches_oracle(cuda_ready, method, dtype, shape, size):
+    scale = 1.0 if dtype == "float32" else 1024.0
+    f, g = make_inputs(shape, dtype, scale, seed=6)
+    out = gpu_kernel(method, dtype).compute(f, g, size, scale)
+    check_against_oracles(out, method, f, g, size, scale)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", METHODS)
+def test_gpu_gradient_scale(cuda_ready, method):
+    f, g = make_inputs((4, 64, 14, 14), "float32", 37.5, seed=7)
+    out = gpu_kernel(method, "float32").compute(f, g, (112, 112), 37.5)
+    check_against_oracles(out, method, f, g, (112, 112), 37.5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", METHODS)
+def test_gpu_global_memory_fallback(cuda_ready, method):
+    # 200 x 200 positions: the staged channels cannot fit any GPU's shared memory.
+    kernel = gpu_kernel(method, "float32")
+    plan = kernel.plan(2, 10, 200, 200, 256, 256)
+    assert not kernel.uses_shared_memory(plan)
+    f, g = make_inputs((2, 10, 200, 200), "float32", seed=8)
+    out = kernel.compute(f, g, (256, 256))
+    check_against_oracles(out, method, f, g, (256, 256), 1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", METHODS)
+def test_gpu_constant_and_non_finite_maps_are_zero(cuda_ready, method):
+    f, g = make_inputs((3, 6, 5, 5), "float32", seed=9)
+    f[0] = 0.0
+    f[1, 2, 3, 1] = np.nan
+    out = gpu_kernel(method, "float32").compute(f, g, (9, 8))
+    assert np.all(out[:2] == 0.0)
+    assert np.abs(out[2] - oracle64(method, f, g, (9, 8))[2]).max() <= TOL["float32"]
+
+
+@pytest.mark.gpu
+def test_gpu_results_are_deterministic(cuda_ready):
+    f, g = make_inputs((8, 1024, 28, 28), "float16", 1024.0, seed=10)
+    kernel = gpu_kernel("bagcams", "float16")
+    first = kernel.compute(f, g, (224, 224), 1024.0)
+    for _ in range(3):
+        assert np.array_equal(kernel.compute(f, g, (224, 224), 1024.0), first)
+
+
+@pytest.mark.gpu
+def test_gpu_runtime_compiled_source_matches_fatbin(cuda_ready):
+    if NVCC is None:
+        pytest.skip("run-time compilation needs nvcc")
+    f, g = make_inputs((2, 40, 7, 7), "float32", seed=11)
+    fat = gpu_kernel("gradcampp", "float32")
+    src = gpu_kernel("gradcampp", "float32", force_source=True)
+    assert src.module_origin == "source"
+    np.testing.assert_array_equal(src.compute(f, g, (30, 30)), fat.compute(f, g, (30, 30)))
+
+
+@pytest.mark.gpu
+def test_gpu_launch_validates_arguments(cuda_ready):
+    kernel = gpu_kernel("pcs", "float32")
+    f, g = make_inputs((1, 4, 3, 3), "float32")
+    with pytest.raises(BagcamsError, match="float16"):
+        gpu_kernel("pcs", "float16").compute(f, g, (5, 5))
+    with pytest.raises(BagcamsError, match="C-contiguous"):
+        kernel.compute(np.asfortranarray(f), g, (5, 5))
+    with pytest.raises(BagcamsError, match="gradient_scale"):
+        kernel.compute(f, g, (5, 5), 0.0)
+    with pytest.raises(BagcamsError, match="null device pointer"):
+        kernel.launch(0, 1, 1, 1, 4, 3, 3, 5, 5)
+    with pytest.raises(BagcamsError, match="must be > 0"):
+        kernel.launch(1, 1, 1, 1, 0, 3, 3, 5, 5)
