@@ -140,3 +140,29 @@ def export_onnx(
         gradient_scale=gradient_scale,
         precision="fp32",
     )
+
+
+class _Forward(torch.nn.Module):
+    def __init__(self, model: WSOLModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+
+def export_forward_onnx(model: WSOLModel, output: str | Path, input_size: tuple[int, int] = (224, 224)) -> Path:
+    """The plain classifier (image -> logits): the latency floor that ``bench`` compares against."""
+    import onnx
+
+    example = (torch.randn(1, 3, *input_size),)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Forward(model.eval()), example, buf, dynamo=False, opset_version=DEFAULT_OPSET,
+            input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
+        )  # fmt: skip
+    path = Path(output)
+    onnx.save(onnx.load_from_string(buf.getvalue()), str(path))
+    return path

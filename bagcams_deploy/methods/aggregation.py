@@ -106,9 +106,10 @@ def upsample_normalize(raw: Tensor, size: tuple[int, int], method: str) -> Tenso
 
     Gradient methods: bilinear (align_corners=False) upsampling, then min-max normalisation.
     CAM: min-max on the h x w grid, bicubic (a = -0.75, OpenCV's INTER_CUBIC) upsampling, min-max
-    again. Upsampling runs in float32 whatever the input precision.
+    again. Half-precision maps are upsampled in float32; float64 stays float64.
     """
-    raw = raw.float()
+    if raw.dtype in (torch.float16, torch.bfloat16):
+        raw = raw.float()
     if method == "cam":
         grid = normalize_minmax(raw)
         up = F.interpolate(grid, size=size, mode="bicubic", align_corners=False)
@@ -127,8 +128,8 @@ def gradient_map(
     """
     if method not in GRADIENT_AGGREGATIONS:
         raise ValueError(f"unknown gradient method {method!r}; valid: {', '.join(GRADIENT_AGGREGATIONS)}")
-    f = features.float()
-    g = gradients.float()
+    f = features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
+    g = gradients.to(f.dtype)
     if gradient_scale != 1.0:
         g = g / gradient_scale
     return upsample_normalize(GRADIENT_AGGREGATIONS[method](f, g), size, method)

@@ -63,18 +63,8 @@ class OrtBackend(Backend):
         return self._spec
 
     def activate_impl(self) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        if self.threads:
-            opts.intra_op_num_threads = self.threads
-            opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = (
-            ort.GraphOptimizationLevel.ORT_DISABLE_ALL if self.exact else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        )
-        opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(self.path, sess_options=opts, providers=PROVIDERS[self.name])
+            self.session = plain_session(self.path, self.threads, self.exact, PROVIDERS[self.name])
         except Exception as exc:
             raise BagcamsError(f"ONNX Runtime cannot load {self.path}: {str(exc).splitlines()[0][:200]}") from None
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -91,3 +81,17 @@ class OrtBackend(Backend):
             raise BagcamsError(f"{self.name} failed on {self.path}: {str(exc).splitlines()[0][:200]}") from None
         self.last_inference_time = t.seconds
         return dict(zip(self.output_names, values, strict=True))
+
+
+def plain_session(path: str, threads: int | None = None, exact: bool = False, providers: list[str] | None = None):
+    """An ONNX Runtime session: explicit threads, optimisation level and providers, nothing global."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if exact:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(path, sess_options=opts, providers=providers or ["CPUExecutionProvider"])

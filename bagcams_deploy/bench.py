@@ -1,0 +1,243 @@
+"""``bench``: latency, throughput and peak memory of backends, side by side, under the same settings.
+
+Each (backend, batch size) runs in its own spawned process so that its peak resident memory is its
+own and thread settings cannot leak between backends; all run from one call, on the same machine,
+with the same thread count. The timed region is each backend's ``infer_impl`` (its own timer), so
+input checks and Python glue are not counted. The floor is the forward-only latency of the plain
+classifier (image -> logits) exported to ONNX and run by ONNX Runtime with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BagcamsError
+
+FLOOR = "ort-forward-only"
+
+
+@dataclass
+class BenchRow:
+    backend: str
+    batch_size: int
+    iters: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    images_per_s: float
+    peak_rss_mb: float
+    rss_before_mb: float
+    extra: dict
+
+
+def machine_info() -> dict:
+    """Where the numbers were taken: CPU, cores, library versions."""
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import importlib.metadata as md
+
+    for pkg in ("torch", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "openvino", "tensorrt", "pycuda"):
+        try:
+            info[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return info
+
+
+def _rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _child(job: dict, queue: mp.Queue) -> None:
+    """Runs in a fresh process: build one backend, warm up, time ``iters`` calls, report peak RSS."""
+    try:
+        threads = job["threads"]
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        from .models import load_model
+        from .runtime import create_backend
+
+        rng = np.random.default_rng(0)
+        n, size = job["batch"], job["size"]
+        images = rng.standard_normal((n, 3, size[0], size[1])).astype(np.float32)
+        if job["backend"] == FLOOR:
+            from .runtime.ort_backend import plain_session
+
+            session = plain_session(job["graph"], threads)
+            rss_before = _rss_mb()
+
+            def run() -> float:
+                t0 = time.perf_counter()
+                session.run(None, {"image": images})
+                return time.perf_counter() - t0
+
+            extra: dict = {}
+        else:
+            wants_model = job["backend"].startswith("torch")
+            model = load_model(job["checkpoint"]) if wants_model and job["checkpoint"] else None
+            backend = create_backend(
+                job["backend"], graph=job["model"], model=model, threads=threads, exact=job["exact"], device=job["device"]
+            )
+            backend.activate()
+            rss_before = _rss_mb()
+
+            def run() -> float:
+                backend.infer(images)
+                return float(backend.last_inference_time)
+
+            extra = {}
+        for _ in range(job["warmup"]):
+            run()
+        times = [run() for _ in range(job["iters"])]
+        if job["backend"] != FLOOR:
+            extra.update({k: v for k, v in getattr(backend, "stage_times", {}).items()})
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        queue.put({"ok": True, "times": times, "peak": peak, "before": rss_before, "extra": extra})
+    except Exception as exc:  # reported by the parent as one line
+        queue.put({"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
+
+
+def _run_isolated(job: dict, timeout: float) -> dict:
+    ctx = mp.get_context("spawn")
+    queue: mp.Queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(job, queue))
+    proc.start()
+    try:
+        result = queue.get(timeout=timeout)
+    except Exception:
+        proc.kill()
+        raise BagcamsError(f"benchmark of {job['backend']} at batch {job['batch']} timed out after {timeout:.0f}s") from None
+    proc.join()
+    return result
+
+
+def run_benchmark(
+    model_path: str,
+    checkpoint: str | None,
+    backends: list[str],
+    batch_sizes: list[int],
+    warmup: int = 3,
+    iters: int = 20,
+    threads: int | None = None,
+    exact: bool = False,
+    device: str = "cpu",
+    include_floor: bool = True,
+    timeout: float = 1800.0,
+    on_row=None,
+) -> dict:
+    """Benchmark ``backends`` at each batch size; returns a JSON-able report (rows + machine info)."""
+    from .export.contract import read_graph_info
+    from .export.onnx_export import export_forward_onnx
+    from .models import load_model
+
+    if any(b.startswith("torch") for b in backends) and not checkpoint:
+        raise BagcamsError("torch backends need --checkpoint")
+    info = read_graph_info(model_path) if model_path.endswith(".onnx") else None
+    size = (info.input_size if info and info.input_size else (224, 224))
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        floor_path = None
+        names = list(backends)
+        if include_floor:
+            if not checkpoint:
+                raise BagcamsError("the forward-only floor needs --checkpoint (or pass --no-floor)")
+            floor_path = str(Path(tmp) / "forward.onnx")
+            export_forward_onnx(load_model(checkpoint, info.architecture if info else None), floor_path, size)
+            names.append(FLOOR)
+        for batch in batch_sizes:
+            for name in names:
+                job = {
+                    "backend": name, "model": model_path, "checkpoint": checkpoint, "graph": floor_path,
+                    "batch": batch, "size": size, "warmup": warmup, "iters": iters, "threads": threads,
+                    "exact": exact, "device": device,
+                }  # fmt: skip
+                res = _run_isolated(job, timeout)
+                if not res["ok"]:
+                    raise BagcamsError(f"benchmark of {name} at batch {batch} failed: {res['error']}")
+                t = [v * 1000 for v in res["times"]]
+                row = BenchRow(
+                    backend=name,
+                    batch_size=batch,
+                    iters=iters,
+                    p50_ms=_percentile(t, 50),
+                    p90_ms=_percentile(t, 90),
+                    p99_ms=_percentile(t, 99),
+                    mean_ms=float(np.mean(t)),
+                    images_per_s=batch / (_percentile(t, 50) / 1000),
+                    peak_rss_mb=res["peak"],
+                    rss_before_mb=res["before"],
+                    extra=res["extra"],
+                )
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+    return {
+        "model": model_path,
+        "method": info.method if info else None,
+        "target_layer": info.target_layer if info else None,
+        "input_size": list(size),
+        "threads": threads,
+        "warmup": warmup,
+        "exact": exact,
+        "machine": machine_info(),
+        "rows": [asdict(r) for r in rows],
+        "ratios": ratios([asdict(r) for r in rows]),
+    }
+
+
+def ratios(rows: list[dict]) -> dict:
+    """Speed-ups against torch-reference and overheads against the forward-only floor, per batch size."""
+    out: dict = {}
+    by = {(r["backend"], r["batch_size"]): r for r in rows}
+    for (name, batch), r in by.items():
+        ref = by.get(("torch-reference", batch))
+        floor = by.get((FLOOR, batch))
+        entry = {}
+        if ref and name != "torch-reference":
+            entry["speedup_vs_torch_reference"] = ref["p50_ms"] / r["p50_ms"]
+        if floor and name != FLOOR:
+            entry["x_forward_only"] = r["p50_ms"] / floor["p50_ms"]
+        if entry:
+            out[f"{name}@{batch}"] = entry
+    return out
+
+
+def save_report(report: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    return path

@@ -1,0 +1,71 @@
+"""``bench``: latency/throughput/memory of backends side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
+
+
+def _ints(text: str, what: str) -> list[int]:
+    from ..errors import BagcamsError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise BagcamsError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise BagcamsError(f"{what} must be positive integers, got {text!r}")
+    return values
+
+
+def bench(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="exported .onnx (or .plan)"),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint (torch backends, floor)"),
+    backends: str = typer.Option("torch-reference,torch-analytic,ort-cpu", "--backends"),
+    batch_sizes: str = typer.Option("1,8", "--batch-sizes"),
+    warmup: int = typer.Option(3, "--warmup", min=0),
+    iters: int = typer.Option(20, "--iters", min=1),
+    threads: int = typer.Option(None, "--threads", help="same intra-op thread count for every backend"),
+    exact: bool = typer.Option(False, "--exact", help="ONNX Runtime optimisations off"),
+    device: str = typer.Option("cpu", "--device", help="torch backends: cpu or cuda"),
+    no_floor: bool = typer.Option(False, "--no-floor", help="skip the forward-only classifier floor"),
+    json_out: Path = typer.Option(None, "--json", help="save the report (rows, ratios, machine) as JSON"),
+) -> None:
+    """p50/p90/p99 latency, images/s and peak memory per backend and batch size, plus the forward-only floor."""
+    from ..bench import run_benchmark, save_report
+    from ..runtime import parse_backends
+
+    names = parse_backends(backends)
+    sizes = _ints(batch_sizes, "--batch-sizes")
+    console = Console(width=None if Console().is_terminal else 140)
+
+    def on_row(r) -> None:
+        console.print(f"  {r.backend:<18} batch {r.batch_size:<3} p50 {r.p50_ms:9.1f} ms  {r.images_per_s:7.1f} img/s", highlight=False)
+
+    report = run_benchmark(
+        str(model_path), str(checkpoint) if checkpoint else None, names, sizes, warmup, iters, threads, exact,
+        device, include_floor=not no_floor, on_row=on_row,
+    )  # fmt: skip
+    t = Table(title=f"{report['method']} at {report['target_layer']}, threads={threads or 'default'}")
+    for col in ("backend", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "peak RSS MB", "vs reference", "x forward"):
+        t.add_column(col, justify="left" if col == "backend" else "right")
+    for r in report["rows"]:
+        ratio = report["ratios"].get(f"{r['backend']}@{r['batch_size']}", {})
+        sp = ratio.get("speedup_vs_torch_reference")
+        xf = ratio.get("x_forward_only")
+        t.add_row(
+            r["backend"], str(r["batch_size"]), f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}",
+            f"{r['images_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}", f"{sp:.2f}x" if sp else "-",
+            f"{xf:.2f}x" if xf else "-",
+        )  # fmt: skip
+    console.print(t)
+    if json_out:
+        save_report(report, json_out)
+        console.print(f"report: {json_out}")

@@ -1,0 +1,129 @@
+"""``export`` and ``verify``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import BagcamsError
+from ..methods.aggregation import METHODS
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)
+    app.command("verify")(verify)
+
+
+def export(
+    checkpoint: Path = typer.Argument(..., help="DA-WSOL checkpoint or state dict"),
+    output: Path = typer.Option(..., "--output", "-o", help="the .onnx file to write"),
+    method: str = typer.Option("bagcams", "--method", help="|".join(METHODS)),
+    target_layer: str = typer.Option(None, "--target-layer", help="default: layer3 (ResNet), SPG_A3_1b (Inception)"),
+    arch: str = typer.Option(None, "--arch", help="architecture (inferred when omitted)"),
+    num_classes: int = typer.Option(None, "--num-classes", help="classes (inferred when omitted)"),
+    input_size: int = typer.Option(224, "--input-size", help="H = W of the graph's input"),
+    no_cam: bool = typer.Option(False, "--no-cam", help="leave the in-graph map out (features/gradients only)"),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)"),
+    dynamic_size: bool = typer.Option(False, "--dynamic-size", help="leave H and W dynamic"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (mixed-precision graph)"),
+    gradient_scale: float = typer.Option(None, "--gradient-scale", help="scale of the gradients output (fp16: auto)"),
+) -> None:
+    """Export the analytic CAM graph: logits, features, exact gradients and the map, for every input."""
+    from ..export.onnx_export import export_onnx
+    from ..models import load_model
+
+    if method not in METHODS:
+        raise BagcamsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    model = load_model(checkpoint, arch, num_classes)
+    if target_layer is not None and method != "cam":
+        model.check_target_layer(target_layer)
+    kwargs = {}
+    if precision != "fp32":
+        kwargs["precision"] = precision
+    if gradient_scale is not None:
+        kwargs["gradient_scale"] = gradient_scale
+    r = export_onnx(
+        model, output, method=method, target_layer=target_layer, input_size=input_size,
+        with_cam=not no_cam, opset=opset, dynamic_size=dynamic_size, **kwargs,
+    )  # fmt: skip
+    typer.echo(
+        f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB, opset {r.opset}, {r.precision}) in {r.seconds:.1f}s: "
+        f"{r.method} at {r.target_layer}; outputs {', '.join(r.outputs)}"
+    )
+
+
+def verify(
+    model_path: Path = typer.Argument(..., metavar="MODEL", help="exported .onnx (or .plan for tensorrt backends)"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="the PyTorch checkpoint it was exported from"),
+    images: Path = typer.Option(None, "--images", help="folder (or file) of real images to check as well"),
+    num_random: int = typer.Option(8, "--num-random", min=0, help="fresh random images drawn this run"),
+    backend: str = typer.Option("ort-cpu", "--backend", help="backend under test"),
+    exact: bool = typer.Option(False, "--exact", help="ONNX Runtime with graph optimisations off"),
+    seed: int = typer.Option(None, "--seed", help="fix the random images (default: fresh each run)"),
+    threads: int = typer.Option(None, "--threads"),
+    report: Path = typer.Option(None, "--report", help="write the JSON report here"),
+    pearson: float = typer.Option(None, "--min-pearson", help="per-image map Pearson bar"),
+    iou50: float = typer.Option(None, "--min-iou", help="per-image IoU of 0.5-thresholded maps"),
+    grad_rel: float = typer.Option(None, "--max-grad-rel", help="per-image gradient relative L2 bar"),
+    pixels_off: float = typer.Option(None, "--max-pixels-off", help="share of map pixels allowed off by > 0.01"),
+) -> None:
+    """Compare a deployment with the PyTorch reference; exit 1 when a tolerance is exceeded."""
+    from ..export.contract import read_graph_info
+    from ..models import load_model
+    from ..preprocessing import expand_image_paths
+    from ..runtime import create_backend
+    from ..verify import Tolerances, check_checkpoint_matches, verify_backend
+
+    if str(model_path).endswith(".onnx"):
+        info = read_graph_info(model_path)
+        model = load_model(checkpoint, info.architecture)
+        check_checkpoint_matches(str(model_path), model)
+    else:
+        model = load_model(checkpoint)
+    b = create_backend(backend, graph=model_path, model=model, threads=threads, exact=exact)
+    precision = getattr(getattr(b, "info", None), "precision", "fp32")
+    tol = Tolerances.for_precision(precision)
+    for name, value in (("map_pearson", pearson), ("map_iou50", iou50), ("gradient_rel_l2", grad_rel),
+                        ("map_pixels_off", pixels_off)):  # fmt: skip
+        if value is not None:
+            setattr(tol, name, value)
+    paths = expand_image_paths([images]) if images else None
+    with b:
+        rep = verify_backend(b, model, str(model_path), paths, num_random, seed, tol)
+    _render(rep)
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(rep.to_dict(), indent=2))
+        typer.echo(f"report: {report}")
+    if not rep.passed:
+        for f in rep.failures[:10]:
+            typer.echo(f"FAIL {f}", err=True)
+        raise typer.Exit(1)
+
+
+def _render(rep) -> None:
+    console = Console(width=None if Console().is_terminal else 140)
+    t = Table(title=f"{rep.backend} vs {rep.reference}: {rep.method} at {rep.target_layer} ({rep.precision})")
+    for col in ("image", "class", "s_c", "map r", "max|Δ|", "px>0.01", "IoU .2/.5/.8", "box IoU", "grad relL2", ""):
+        t.add_column(col, justify="right" if col not in ("image", "") else "left")
+    for r in rep.images:
+        iou = "/".join(f"{v:.3f}" for v in r.map_iou.values())
+        grad = "-" if r.gradients_rel_l2 is None else f"{r.gradients_rel_l2:.1e}"
+        t.add_row(
+            r.source[-28:], str(r.class_id), f"{r.score:.2f}", f"{r.map_pearson:.5f}", f"{r.map_max_abs:.4f}",
+            f"{r.map_pixels_off:.2%}", iou, f"{r.box_iou:.3f}", grad, "ok" if not r.failures else "FAIL",
+        )  # fmt: skip
+    console.print(t)
+    n_changed = sum(not r.boxes_equal for r in rep.images)
+    console.print(
+        f"{len(rep.images)} images (seed {rep.seed}); boxes changed on {n_changed}; "
+        f"worst map Pearson {min(r.map_pearson for r in rep.images):.6f}; "
+        f"worst share of pixels off {max(r.map_pixels_off for r in rep.images):.3%}; "
+        + ("PASS" if rep.passed else f"FAIL ({len(rep.failures)} problems)")
+    )
+    if rep.nonpositive_scores:
+        console.print(f"note: target logit <= 0 on images {rep.nonpositive_scores}: log(s_c) undefined, sign flipped")

@@ -1,0 +1,289 @@
+"""``verify``: a deployment against the PyTorch reference, on fresh inputs, reported honestly.
+
+The guided rule and every ReLU mask are discontinuous where an activation is near zero, so a
+backend whose convolutions round differently (ONNX Runtime's fused kernels, half precision) flips a
+few masks and moves the gradient there. The report therefore says how many pixels differ, by how
+much, and whether boxes change, instead of a single pass/fail bit; tolerances decide the exit code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BagcamsError
+from .export.contract import read_graph_info
+from .models.wsol import WSOLModel
+from .preprocessing import load_image, preprocess
+from .runtime.base import Backend
+from .runtime.torch_backends import TorchReferenceBackend
+
+IOU_THRESHOLDS = (0.2, 0.5, 0.8)
+
+
+@dataclass
+class Tolerances:
+    """Per-image bars a deployment must meet (defaults: float32-tight)."""
+
+    map_pearson: float = 0.9995
+    map_pixels_off: float = 0.01  # at most this share of pixels ...
+    map_pixel_delta: float = 0.01  # ... may differ by more than this
+    map_iou50: float = 0.99
+    gradient_rel_l2: float = 5e-3
+    logits_rel_l2: float = 1e-4
+    features_rel_l2: float = 1e-4
+    box_iou: float = 0.9
+
+    @classmethod
+    def for_precision(cls, precision: str) -> Tolerances:
+        """Half-precision graphs: the bars of the reduced-precision goal (Pearson 0.995, IoU 0.95)."""
+        if precision in ("fp16", "bf16"):
+            return cls(
+                map_pearson=0.995,
+                map_pixels_off=0.10,
+                map_iou50=0.95,
+                gradient_rel_l2=0.1,
+                logits_rel_l2=5e-3,
+                features_rel_l2=5e-3,
+                box_iou=0.8,
+            )
+        return cls()
+
+
+@dataclass
+class ImageReport:
+    index: int
+    source: str
+    class_id: int
+    score: float
+    argmax_agrees: bool
+    logits_rel_l2: float
+    features_rel_l2: float
+    gradients_rel_l2: float | None
+    gradients_max_abs: float | None
+    map_max_abs: float
+    map_pearson: float
+    map_pixels_off: float
+    map_iou: dict[str, float]
+    box_iou: float
+    boxes_equal: bool
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VerifyReport:
+    model: str
+    backend: str
+    reference: str
+    method: str
+    target_layer: str
+    precision: str
+    seed: int
+    tolerances: Tolerances
+    images: list[ImageReport]
+    frozen_gradient: bool
+    nonpositive_scores: list[int]
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        return d
+
+
+def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    denom = np.linalg.norm(b64)
+    diff = np.linalg.norm(a64 - b64)
+    if denom == 0:
+        return 0.0 if diff == 0 else float("inf")
+    return float(diff / denom)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a64, b64 = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    sa, sb = a64.std(), b64.std()
+    if sa == 0 or sb == 0:
+        return 1.0 if np.array_equal(a64, b64) else 0.0
+    return float(((a64 - a64.mean()) * (b64 - b64.mean())).mean() / (sa * sb))
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray, t: float) -> float:
+    ma, mb = a >= t, b >= t
+    union = np.logical_or(ma, mb).sum()
+    return 1.0 if union == 0 else float(np.logical_and(ma, mb).sum() / union)
+
+
+def _box(score_map: np.ndarray) -> tuple[int, int, int, int]:
+    from .evaluation.boxes import boxes_from_scoremap
+
+    return tuple(int(v) for v in boxes_from_scoremap(score_map, 0.5, multi_contour=False)[0])  # type: ignore[return-value]
+
+
+def _box_iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
+    iw = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    ih = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    inter = max(iw, 0) * max(ih, 0)
+    area = lambda r: (r[2] - r[0] + 1) * (r[3] - r[1] + 1)  # noqa: E731
+    return float(inter / (area(a) + area(b) - inter))
+
+
+def random_images(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
+    """Smooth random RGB scenes (low-frequency noise plus blobs), normalised: realistic activations."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    out = []
+    for _ in range(n):
+        base = rng.random((max(h // 16, 2), max(w // 16, 2), 3)).astype(np.float32)
+        img = cv2.resize(base, (w, h), interpolation=cv2.INTER_CUBIC)
+        for _ in range(int(rng.integers(1, 4))):
+            cy, cx = rng.integers(0, h), rng.integers(0, w)
+            r = int(rng.integers(max(h // 10, 2), max(h // 3, 3)))
+            colour = tuple(float(v) for v in rng.random(3))
+            cv2.circle(img, (int(cx), int(cy)), r, colour, -1)
+        img += rng.normal(0, 0.03, img.shape).astype(np.float32)
+        out.append(np.uint8(np.clip(img, 0, 1) * 255))
+    return preprocess(out, size).numpy()
+
+
+def check_checkpoint_matches(graph: str, model: WSOLModel) -> None:
+    info = read_graph_info(graph)
+    if info.architecture != model.architecture or info.num_classes != model.num_classes:
+        raise BagcamsError(
+            f"checkpoint does not match {graph}: graph is {info.architecture} with {info.num_classes} classes, "
+            f"checkpoint is {model.architecture} with {model.num_classes}"
+        )
+
+
+def compare_outputs(
+    ref: dict[str, np.ndarray], got: dict[str, np.ndarray], tol: Tolerances, sources: list[str]
+) -> tuple[list[ImageReport], bool]:
+    """Per-image comparison of a backend's outputs with the reference's; also detects a frozen gradient."""
+    reports = []
+    n = ref["logits"].shape[0]
+    has_grad = "gradients" in got and "gradients" in ref
+    for i in range(n):
+        r_cam, g_cam = ref["cam"][i, 0], got["cam"][i, 0]
+        diff = np.abs(r_cam.astype(np.float64) - g_cam.astype(np.float64))
+        b_ref, b_got = _box(r_cam), _box(g_cam)
+        rep = ImageReport(
+            index=i,
+            source=sources[i],
+            class_id=int(ref["class_id_used"][i]),
+            score=float(ref["logits"][i, int(ref["class_id_used"][i])]),
+            argmax_agrees=bool(np.argmax(got["logits"][i]) == np.argmax(ref["logits"][i])),
+            logits_rel_l2=_rel_l2(got["logits"][i], ref["logits"][i]),
+            features_rel_l2=_rel_l2(got["features"][i], ref["features"][i]),
+            gradients_rel_l2=_rel_l2(got["gradients"][i], ref["gradients"][i]) if has_grad else None,
+            gradients_max_abs=float(np.abs(got["gradients"][i] - ref["gradients"][i]).max()) if has_grad else None,
+            map_max_abs=float(diff.max()),
+            map_pearson=_pearson(g_cam, r_cam),
+            map_pixels_off=float((diff > tol.map_pixel_delta).mean()),
+            map_iou={f"{t:.1f}": _mask_iou(g_cam, r_cam, t) for t in IOU_THRESHOLDS},
+            box_iou=_box_iou(b_ref, b_got),
+            boxes_equal=b_ref == b_got,
+        )
+        f = rep.failures
+        if int(got["class_id_used"][i]) != rep.class_id:
+            f.append(f"class_id_used {int(got['class_id_used'][i])} != {rep.class_id}")
+        if rep.logits_rel_l2 > tol.logits_rel_l2:
+            f.append(f"logits rel L2 {rep.logits_rel_l2:.2e} > {tol.logits_rel_l2:.0e}")
+        if rep.features_rel_l2 > tol.features_rel_l2:
+            f.append(f"features rel L2 {rep.features_rel_l2:.2e} > {tol.features_rel_l2:.0e}")
+        if rep.gradients_rel_l2 is not None and rep.gradients_rel_l2 > tol.gradient_rel_l2:
+            f.append(f"gradients rel L2 {rep.gradients_rel_l2:.2e} > {tol.gradient_rel_l2:.0e}")
+        if rep.map_pearson < tol.map_pearson:
+            f.append(f"map Pearson {rep.map_pearson:.5f} < {tol.map_pearson}")
+        if rep.map_pixels_off > tol.map_pixels_off:
+            f.append(f"{rep.map_pixels_off:.2%} of map pixels off by > {tol.map_pixel_delta} (max {tol.map_pixels_off:.0%})")
+        if rep.map_iou["0.5"] < tol.map_iou50:
+            f.append(f"map IoU@0.5 {rep.map_iou['0.5']:.4f} < {tol.map_iou50}")
+        if rep.box_iou < tol.box_iou:
+            f.append(f"box IoU {rep.box_iou:.3f} < {tol.box_iou}")
+        reports.append(rep)
+
+    frozen = False
+    if has_grad and n >= 2:
+        # The classic failure of exporting autograd by tracing: the gradient is a constant of the graph.
+        g, gr = got["gradients"].reshape(n, -1), ref["gradients"].reshape(n, -1)
+        same_got = all(_rel_l2(g[i], g[0]) < 1e-6 for i in range(1, n))
+        same_ref = all(_rel_l2(gr[i], gr[0]) < 1e-6 for i in range(1, n))
+        frozen = same_got and not same_ref
+    return reports, frozen
+
+
+def verify_backend(
+    backend: Backend,
+    model: WSOLModel,
+    graph: str,
+    image_paths: list[Path] | None = None,
+    num_random: int = 8,
+    seed: int | None = None,
+    tolerances: Tolerances | None = None,
+    batch_size: int = 8,
+) -> VerifyReport:
+    """Run ``backend`` and the reference on the same fresh random (+ given) images and compare."""
+    spec = backend.spec
+    if spec.architecture != model.architecture or spec.num_classes != model.num_classes:
+        raise BagcamsError(
+            f"checkpoint does not match {graph}: the model is {spec.architecture} with {spec.num_classes} classes, "
+            f"the checkpoint {model.architecture} with {model.num_classes}"
+        )
+    precision = getattr(getattr(backend, "info", None), "precision", "fp32")
+    tol = tolerances or Tolerances.for_precision(precision)
+    seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
+    size = spec.input_size or (224, 224)
+    batches: list[tuple[np.ndarray, list[str]]] = []
+    if num_random > 0:
+        imgs = random_images(num_random, size, seed)
+        batches.append((imgs, [f"random#{i} (seed {seed})" for i in range(num_random)]))
+    for path in image_paths or []:
+        batches.append((preprocess([load_image(path)], size).numpy(), [str(path)]))
+    if not batches:
+        raise BagcamsError("nothing to verify: give --images or --num-random > 0")
+    images = np.concatenate([b[0] for b in batches])
+    sources = [s for b in batches for s in b[1]]
+
+    reference = TorchReferenceBackend(model, spec.method, spec.target_layer, input_size=spec.input_size,
+                                      published_autograd=False)  # fmt: skip
+    reports: list[ImageReport] = []
+    frozen_any = False
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        ref = reference.infer(chunk)
+        got = backend.infer(chunk, ref["class_id_used"])
+        missing = [k for k in ("logits", "class_id_used", "features", "cam") if k not in got]
+        if missing:
+            raise BagcamsError(f"{backend.name} returned no {', '.join(missing)} output")
+        reps, frozen = compare_outputs(ref, got, tol, sources[start : start + batch_size])
+        for r in reps:
+            r.index += start
+        reports.extend(reps)
+        frozen_any = frozen_any or frozen
+    failures = [f"image {r.index} ({r.source}): {msg}" for r in reports for msg in r.failures]
+    if frozen_any:
+        failures.insert(0, "gradients are the same for every input (frozen by tracing?): the graph does not recompute them")
+    nonpos = [r.index for r in reports if r.score <= 0]
+    return VerifyReport(
+        model=graph,
+        backend=backend.name,
+        reference="torch-reference",
+        method=spec.method,
+        target_layer=spec.target_layer,
+        precision=precision,
+        seed=seed,
+        tolerances=tol,
+        images=reports,
+        frozen_gradient=frozen_any,
+        nonpositive_scores=nonpos if spec.method == "bagcams" else [],
+        failures=failures,
+    )
