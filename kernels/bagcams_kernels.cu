@@ -14,6 +14,7 @@ namespace {
 using namespace bagcams;
 
 constexpr long long kTargetPartialBlocks = 1024;  // K1 blocks aimed at (shape-only => reproducible)
+constexpr long long kMaxPartialFloats = 1LL << 24; // cap of the partial maps (64 MiB) for huge h*w
 constexpr long long kOutPerBlock = 2048;          // outputs per minmax/normalize block
 constexpr long long kMaxOutBlocks = 1024;
 constexpr size_t kAlign = 256;
@@ -32,7 +33,9 @@ bool make_plan(int n, int k, int h, int w, int H, int W, Plan* plan) {
   const long long P = static_cast<long long>(h) * w;
   const long long HW = static_cast<long long>(H) * W;
   if (P > 0x7fffffffLL || HW > 0x7fffffffLL) return false;
-  const long long want = ceil_div(kTargetPartialBlocks, n);
+  long long want = ceil_div(kTargetPartialBlocks, n);
+  const long long max_groups = kMaxPartialFloats / (static_cast<long long>(n) * P);
+  if (want > max_groups) want = max_groups > 1 ? max_groups : 1;
   long long cpb = ceil_div(k, want);
   cpb = ceil_div(cpb, kWarps) * kWarps;
   plan->cpb = static_cast<int>(cpb);

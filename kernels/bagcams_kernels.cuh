@@ -44,7 +44,8 @@ namespace bagcams {
 // ----------------------------------------------------------------------------------------------
 constexpr int kWarps = 4;                      // channels per sub-tile = warps per partial block
 constexpr int kPartialThreads = kWarps * 32;   // threads of a partial block
-constexpr int kUnroll = 4;                     // loads in flight per lane and per tensor
+template <typename T>
+constexpr int kUnroll = sizeof(T) == 2 ? 8 : 4;  // loads in flight per lane and per tensor
 constexpr int kReduceX = 32;                   // reduce block: positions
 constexpr int kReduceY = 8;                    //               group slices
 constexpr int kOutThreads = 256;               // minmax / normalize block
@@ -69,6 +70,24 @@ __device__ __forceinline__ float load_value(const __half* p) {
 
 // torch.relu: NaN propagates (fmaxf would turn NaN into 0 and hide a non-finite map).
 __device__ __forceinline__ float relu(float x) { return x < 0.0f ? 0.0f : x; }
+
+// Divides the gradient scale out exactly as torch's g / scale. When the scale is a power of two (the
+// usual fp16 export choice) the multiplication by its exact reciprocal rounds identically and is
+// cheaper than an IEEE division.
+struct GradScale {
+  float scale, inv;
+  bool pow2;
+  __device__ __forceinline__ explicit GradScale(float s) : scale(s) {
+    // Positive normal power of two 2^(e-127) whose reciprocal 2^(127-e) is normal too.
+    const unsigned bits = __float_as_uint(s);
+    const unsigned e = (bits >> 23) & 0xffu;
+    pow2 = (bits & 0x807fffffu) == 0u && e >= 1u && e <= 253u;
+    inv = __uint_as_float((254u - e) << 23);
+  }
+  __device__ __forceinline__ float operator()(float g) const {
+    return pow2 ? __fmul_rn(g, inv) : __fdiv_rn(g, scale);
+  }
+};
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -202,6 +221,8 @@ __device__ __forceinline__ void partial_body(const T* __restrict__ features, con
   const int k_end = min(k_begin + channels_per_block, k_total);
   const int P = p_total;
   const size_t image_base = static_cast<size_t>(n) * static_cast<size_t>(k_total);
+  const GradScale unscale(gradient_scale);
+  constexpr int U = kUnroll<T>;
 
   float* out = partial + (static_cast<size_t>(n) * gridDim.x + group) * static_cast<size_t>(P);
   float* acc = kSmem ? smem : out;   // thread t owns positions t, t + kPartialThreads, ...
@@ -218,10 +239,10 @@ __device__ __forceinline__ void partial_body(const T* __restrict__ features, con
 
       // Pass 1: the only read of this channel from global memory on the shared-memory path.
       float stat = 0.0f;
-      for (int base = 0; base < P; base += 32 * kUnroll) {
-        float fv[kUnroll], gv[kUnroll];
+      for (int base = 0; base < P; base += 32 * U) {
+        float fv[U], gv[U];
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
+        for (int u = 0; u < U; ++u) {
           const int p = base + u * 32 + lane;
           fv[u] = 0.0f;
           gv[u] = 0.0f;
@@ -231,11 +252,11 @@ __device__ __forceinline__ void partial_body(const T* __restrict__ features, con
           }
         }
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
+        for (int u = 0; u < U; ++u) {
           const int p = base + u * 32 + lane;
           if (p < P) {
             float s[Op::kStored];
-            const float term = Op::prepare(fv[u], __fdiv_rn(gv[u], gradient_scale), s);
+            const float term = Op::prepare(fv[u], unscale(gv[u]), s);
             if (Op::kStat) stat = __fadd_rn(stat, term);
             if (kSmem) {
 #pragma unroll
@@ -255,7 +276,7 @@ __device__ __forceinline__ void partial_body(const T* __restrict__ features, con
 #pragma unroll
             for (int i = 0; i < Op::kStored; ++i) s[i] = st[i * P + p];
           } else {
-            Op::prepare(load_value<false>(f_k + p), __fdiv_rn(load_value<false>(g_k + p), gradient_scale), s);
+            Op::prepare(load_value<false>(f_k + p), unscale(load_value<false>(g_k + p)), s);
           }
           stat2 = __fadd_rn(stat2, Op::second(s, stat));
         }
@@ -279,7 +300,7 @@ __device__ __forceinline__ void partial_body(const T* __restrict__ features, con
           } else {
             const size_t off = (image_base + kb + j) * static_cast<size_t>(P) + p;
             Op::prepare(load_value<false>(features + off),
-                        __fdiv_rn(load_value<false>(gradients + off), gradient_scale), s);
+                        unscale(load_value<false>(gradients + off)), s);
           }
           c[j] = Op::contrib(s, coef[j]);
         }

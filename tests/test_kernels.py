@@ -193,7 +193,9 @@ def test_python_plan_matches_c_api(tmp_path):
     assert got == want
 
 
-@pytest.mark.parametrize("shape", [(1, 1024, 28, 28), (8, 1024, 28, 28), (32, 1024, 28, 28), (3, 37, 7, 9)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1024, 28, 28), (8, 1024, 28, 28), (32, 1024, 28, 28), (3, 37, 7, 9), (1, 2048, 512, 512)]
+)
 def test_plan_covers_every_channel_and_output(shape):
     plan = launcher.make_plan("gradcampp", *shape, 224, 224)
     k = shape[1]
@@ -204,6 +206,7 @@ def test_plan_covers_every_channel_and_output(shape):
     assert plan.stats_offset >= plan.raw_offset + plan.n * plan.p * 4
     assert plan.workspace_bytes >= plan.stats_offset + plan.n * plan.blocks * 12
     assert plan.smem_bytes == plan.p * (1 + launcher.WARPS * 2) * 4
+    assert plan.n * plan.groups * plan.p <= max(launcher.MAX_PARTIAL_FLOATS, plan.n * plan.p)
 
 
 @pytest.mark.parametrize(
@@ -280,11 +283,13 @@ def test_emulated_kernel_matches_oracle(emulator, method, dtype, smem):
     check_against_oracles(out, method, f, g, (61, 45), scale)
 
 
+@pytest.mark.parametrize("scale", [8.0, 37.5, 2.0**-20], ids=["pow2", "general", "tiny-pow2"])
 @pytest.mark.parametrize("method", METHODS)
-def test_emulated_gradient_scale_is_divided_out(emulator, method):
-    f, g = make_inputs((2, 9, 5, 6), "float32", 8.0, seed=2)
-    out = run_emulator(emulator, method, f, g, (13, 11), 8.0)
-    check_against_oracles(out, method, f, g, (13, 11), 8.0)
+def test_emulated_gradient_scale_is_divided_out(emulator, method, scale):
+    # power-of-two scales take the exact reciprocal-multiply path, others the IEEE division
+    f, g = make_inputs((2, 9, 5, 6), "float32", scale, seed=2)
+    out = run_emulator(emulator, method, f, g, (13, 11), scale)
+    check_against_oracles(out, method, f, g, (13, 11), scale)
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,7 @@ PARTIAL_THREADS = WARPS * 32
 REDUCE_X, REDUCE_Y = 32, 8
 OUT_THREADS = 256
 TARGET_PARTIAL_BLOCKS = 1024
+MAX_PARTIAL_FLOATS = 1 << 24
 OUT_PER_BLOCK = 2048
 MAX_OUT_BLOCKS = 1024
 ALIGN = 256
@@ -117,7 +118,7 @@ def make_plan(method: str, n: int, k: int, h: int, w: int, out_h: int, out_w: in
     n, k, h, w, out_h, out_w = (int(v) for v in (n, k, h, w, out_h, out_w))
     p = h * w
     hw = out_h * out_w
-    want = _ceil_div(TARGET_PARTIAL_BLOCKS, n)
+    want = min(_ceil_div(TARGET_PARTIAL_BLOCKS, n), max(1, MAX_PARTIAL_FLOATS // (n * p)))
     cpb = _round_up(_ceil_div(k, want), WARPS)
     groups = _ceil_div(k, cpb)
     blocks = min(_ceil_div(hw, OUT_PER_BLOCK), MAX_OUT_BLOCKS)

@@ -31,6 +31,16 @@ inline thread_local EmuIdx blockIdx;
 inline EmuIdx gridDim;
 inline EmuIdx blockDim;
 
+inline float __uint_as_float(unsigned v) {
+  float f;
+  std::memcpy(&f, &v, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned v;
+  std::memcpy(&v, &f, 4);
+  return v;
+}
 inline float __int_as_float(unsigned v) {
   float f;
   std::memcpy(&f, &v, 4);
