@@ -64,53 +64,66 @@ inline std::uint8_t clip8(std::int32_t v) {
 
 }  // namespace
 
-RgbImage resize_bilinear_pil(const RgbImage& in, int out_w, int out_h) {
-    if (in.width == out_w && in.height == out_h) return in;
-    // horizontal pass: in.height rows of out_w pixels
-    RgbImage mid;
-    if (in.width != out_w) {
-        const Taps tx = make_taps(in.width, out_w);
-        mid.width = out_w;
-        mid.height = in.height;
-        mid.pixels.resize(static_cast<size_t>(out_w) * in.height * 3);
-        for (int y = 0; y < in.height; ++y) {
-            const std::uint8_t* row = &in.pixels[static_cast<size_t>(y) * in.width * 3];
-            std::uint8_t* o = &mid.pixels[static_cast<size_t>(y) * out_w * 3];
-            for (int xx = 0; xx < out_w; ++xx) {
-                const std::int32_t* k = &tx.weights[static_cast<size_t>(xx) * tx.ksize];
-                std::int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
-                for (int x = 0; x < tx.count[xx]; ++x) {
-                    const std::uint8_t* p = row + (x + tx.first[xx]) * 3;
-                    s0 += p[0] * k[x];
-                    s1 += p[1] * k[x];
-                    s2 += p[2] * k[x];
-                }
-                o[xx * 3 + 0] = clip8(s0);
-                o[xx * 3 + 1] = clip8(s1);
-                o[xx * 3 + 2] = clip8(s2);
-            }
-        }
-    } else {
-        mid = in;
-    }
-    if (in.height == out_h) return mid;
-    // vertical pass
-    const Taps ty = make_taps(in.height, out_h);
+namespace {
+
+RgbImage horizontal_pass(const RgbImage& in, int out_w) {
+    const Taps tx = make_taps(in.width, out_w);
     RgbImage out;
     out.width = out_w;
+    out.height = in.height;
+    out.pixels.resize(static_cast<size_t>(out_w) * in.height * 3);
+    for (int y = 0; y < in.height; ++y) {
+        const std::uint8_t* row = &in.pixels[static_cast<size_t>(y) * in.width * 3];
+        std::uint8_t* o = &out.pixels[static_cast<size_t>(y) * out_w * 3];
+        for (int xx = 0; xx < out_w; ++xx) {
+            const std::int32_t* k = &tx.weights[static_cast<size_t>(xx) * tx.ksize];
+            std::int32_t s0 = 1 << (kPrecisionBits - 1), s1 = s0, s2 = s0;
+            for (int x = 0; x < tx.count[xx]; ++x) {
+                const std::uint8_t* p = row + (x + tx.first[xx]) * 3;
+                s0 += p[0] * k[x];
+                s1 += p[1] * k[x];
+                s2 += p[2] * k[x];
+            }
+            o[xx * 3 + 0] = clip8(s0);
+            o[xx * 3 + 1] = clip8(s1);
+            o[xx * 3 + 2] = clip8(s2);
+        }
+    }
+    return out;
+}
+
+RgbImage vertical_pass(const RgbImage& in, int out_h) {
+    const Taps ty = make_taps(in.height, out_h);
+    RgbImage out;
+    out.width = in.width;
     out.height = out_h;
-    out.pixels.resize(static_cast<size_t>(out_w) * out_h * 3);
-    const size_t stride = static_cast<size_t>(out_w) * 3;
+    const size_t stride = static_cast<size_t>(in.width) * 3;
+    out.pixels.resize(stride * out_h);
     for (int yy = 0; yy < out_h; ++yy) {
         const std::int32_t* k = &ty.weights[static_cast<size_t>(yy) * ty.ksize];
         std::uint8_t* o = &out.pixels[static_cast<size_t>(yy) * stride];
         for (size_t c = 0; c < stride; ++c) {
             std::int32_t s = 1 << (kPrecisionBits - 1);
-            for (int y = 0; y < ty.count[yy]; ++y) s += mid.pixels[(y + ty.first[yy]) * stride + c] * k[y];
+            for (int y = 0; y < ty.count[yy]; ++y) s += in.pixels[(y + ty.first[yy]) * stride + c] * k[y];
             o[c] = clip8(s);
         }
     }
     return out;
+}
+
+}  // namespace
+
+RgbImage resize_bilinear_pil(const RgbImage& in, int out_w, int out_h) {
+    const bool need_h = in.width != out_w, need_v = in.height != out_h;
+    if (!need_h && !need_v) return in;
+    if (!need_h) return vertical_pass(in, out_h);
+    if (!need_v) return horizontal_pass(in, out_w);
+    // Each pass rounds to uint8, so the order matters. Current Pillow (checked against 13.0) runs the
+    // vertical pass first when the height shrinks by more than twice as many pixels as the width.
+    const int dh = in.height - out_h, dw = in.width - out_w;
+    const bool vertical_first = dh > 0 && dh > dw * 2;
+    return vertical_first ? horizontal_pass(vertical_pass(in, out_h), out_w)
+                          : vertical_pass(horizontal_pass(in, out_w), out_h);
 }
 
 void normalize_into(const RgbImage& rgb, const std::array<float, 3>& mean, const std::array<float, 3>& std,

@@ -11,7 +11,8 @@ namespace bagcams {
 
 // Pillow's Image.resize(size, BILINEAR) on an RGB image, reimplemented from its documented
 // algorithm: a separable triangle filter whose support grows with the downscale factor, weights
-// rounded to 22-bit fixed point, horizontal pass first then vertical, each rounded to uint8.
+// rounded to 22-bit fixed point, two passes each rounded to uint8, in Pillow's order (horizontal
+// first unless the height shrinks by more than twice as many pixels as the width).
 RgbImage resize_bilinear_pil(const RgbImage& in, int out_width, int out_height);
 
 // RGB uint8 [H,W,3] at the graph's size -> normalised float32 [3,H,W] appended to `out`.
