@@ -179,6 +179,19 @@ def test_python_plan_matches_c_api(tmp_path):
     for s in shapes:
         lines.append(f'  std::printf("%zu\\n", bagcams_workspace_size({", ".join(map(str, s))}));')
     lines.append('  std::printf("%zu\\n", bagcams_workspace_size(0, 1, 1, 1, 1, 1));')
+    # argument checks come before any CUDA call, so they run without a GPU
+    bad_calls = [
+        "PCS, F32, &dummy, &dummy, &out, 0, 4, 7, 7, 14, 14, 1.0f, ws, 1 << 20",
+        "PCS, F32, nullptr, &dummy, &out, 1, 4, 7, 7, 14, 14, 1.0f, ws, 1 << 20",
+        "PCS, F32, &dummy, &dummy, &out, 1, 4, 7, 7, 14, 14, 0.0f, ws, 1 << 20",
+        "PCS, F32, &dummy, &dummy, &out, 1, 4, 7, 7, 14, 14, 1.0f, ws, 16",
+        "(bagcams_method)7, F32, &dummy, &dummy, &out, 1, 4, 7, 7, 14, 14, 1.0f, ws, 1 << 20",
+    ]
+    lines.append("  float dummy = 0.f, out = 0.f; static char ws_buf[1 << 20]; void* ws = ws_buf;")
+    lines.append("  const bagcams_method PCS = BAGCAMS_METHOD_PCS;")
+    lines.append("  const bagcams_dtype F32 = BAGCAMS_DTYPE_FLOAT32;")
+    for call in bad_calls:
+        lines.append(f'  std::printf("%d\\n", (int)bagcams_aggregate({call}, nullptr));')
     lines += ["  return 0;", "}"]
     main.write_text("\n".join(lines) + "\n")
     exe = tmp_path / "plan"
@@ -190,6 +203,7 @@ def test_python_plan_matches_c_api(tmp_path):
         int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
     ]
     want = [launcher.make_plan("bagcams", *s).workspace_bytes for s in shapes] + [0]
+    want += [1] * len(bad_calls)  # cudaErrorInvalidValue
     assert got == want
 
 

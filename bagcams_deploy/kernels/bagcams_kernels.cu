@@ -19,6 +19,7 @@ constexpr long long kOutPerBlock = 2048;          // outputs per minmax/normaliz
 constexpr long long kMaxOutBlocks = 1024;
 constexpr size_t kAlign = 256;
 constexpr size_t kDefaultSmem = 48 * 1024;
+constexpr size_t kStaticSmemBound = 256;  // >= the partial kernels' static shared memory (coef[kWarps])
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 long long ceil_div(long long a, long long b) { return (a + b - 1) / b; }
@@ -121,7 +122,7 @@ extern "C" cudaError_t bagcams_aggregate(bagcams_method method, bagcams_dtype dt
   const unsigned long long smem = partial_smem_bytes(mk.stored, P);
   PartialKernel kernel = mk.gmem;
   size_t dyn = 0;
-  if (smem <= kDefaultSmem) {
+  if (smem + kStaticSmemBound <= kDefaultSmem) {
     kernel = mk.smem;
     dyn = static_cast<size_t>(smem);
   } else {

@@ -47,7 +47,7 @@
 
 #include <stddef.h>
 
-#include <cuda_runtime.h>
+#include <cuda_runtime_api.h>
 
 #ifdef __cplusplus
 extern "C" {
