@@ -6,7 +6,10 @@ CPU-only (run everywhere):
   * the Python launch plan matches the C API's (bagcams_workspace_size, compiled and run on the host);
   * the device code itself, run on a CPU emulation of CUDA (kernels/emu), matches the torch
     formulas of bagcams_deploy.methods.aggregation: every method, float32/float16, both partial
-    paths, gradient_scale, constant and non-finite maps.
+    paths, gradient_scale, constant and non-finite maps;
+  * the PyCUDA launcher itself (plan, argument packing, workspace offsets, launch configuration,
+    shared-memory opt-in and fallback, errors) driving those emulated kernels through a fake
+    pycuda.driver whose device memory is host memory.
 GPU (@pytest.mark.gpu, skipped without pycuda and a CUDA device): the real kernels through the
 PyCUDA launcher against the same oracle.
 
@@ -20,11 +23,15 @@ the larger dynamic range of the float16 test data; observed ~1e-6). Against grad
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import re
 import shutil
+import struct
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -337,6 +344,266 @@ def test_emulated_kernel_feature_map_28x28(emulator, method):
     f, g = make_inputs((2, 64, 28, 28), "float32", seed=5)
     out = run_emulator(emulator, method, f, g, (224, 224))
     check_against_oracles(out, method, f, g, (224, 224), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) CPU: the PyCUDA launcher driving the emulated kernels through a fake pycuda.driver
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def emulator_lib(tmp_path_factory):
+    if CXX is None or CUDA_INCLUDE is None or not (CUDA_INCLUDE / "cuda_fp16.h").is_file():
+        pytest.skip("the CUDA emulation needs g++ (C++20) and the CUDA headers (cuda_fp16.h)")
+    so = tmp_path_factory.mktemp("emulib") / "libbagcams_emu.so"
+    cmd = [
+        CXX,
+        "-std=c++20",
+        "-O1",
+        "-ffp-contract=off",
+        "-pthread",
+        "-Wno-unknown-pragmas",
+        "-fPIC",
+        "-shared",
+    ]
+    cmd += ["-I", str(CUDA_INCLUDE), str(SRC / "emu" / "emu_lib.cpp"), "-o", str(so)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.fail(f"building the CUDA emulation library failed:\n{proc.stderr[-4000:]}")
+    lib = ctypes.CDLL(str(so))
+    u, i, p, sz = ctypes.c_uint, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
+    grid = [u, u, u, u, sz]
+    lib.emu_partial.argtypes = [ctypes.c_char_p, i, i, *grid, p, p, p, i, i, i, ctypes.c_float]
+    lib.emu_reduce_partials.argtypes = [*grid, p, p, i, i, i]
+    lib.emu_minmax.argtypes = [*grid, p, p, i, i, i, i, i, i]
+    lib.emu_normalize.argtypes = [*grid, p, p, p, i, i, i, i, i, i]
+    return lib
+
+
+class FakeCudaError(Exception):
+    pass
+
+
+def fake_pycuda(lib, smem_default=48 * 1024, smem_optin=48 * 1024, with_set_attribute=True):
+    """A pycuda.driver stand-in: 'device memory' is host memory, kernels run on the emulation."""
+    drv = types.ModuleType("pycuda.driver")
+    drv.Error = FakeCudaError
+    drv.launches = []
+    drv.allocations = []
+    drv.device_attribute = types.SimpleNamespace(
+        MAX_SHARED_MEMORY_PER_BLOCK="smem", MAX_SHARED_MEMORY_PER_BLOCK_OPTIN="optin"
+    )
+    drv.function_attribute = types.SimpleNamespace(
+        SHARED_SIZE_BYTES="static", MAX_DYNAMIC_SHARED_SIZE_BYTES="max_dynamic"
+    )
+    static_smem = 16
+
+    class DeviceAllocation:
+        def __init__(self, nbytes):
+            self.buf = np.full(max(int(nbytes), 1), 0xFF, dtype=np.uint8)  # NaN-poisoned floats
+            self.freed = False
+            drv.allocations.append(self)
+
+        def __int__(self):
+            assert not self.freed, "use after free"
+            return self.buf.ctypes.data
+
+        __index__ = __int__
+
+        def free(self):
+            self.freed = True
+
+    class Stream:
+        def synchronize(self):
+            pass
+
+    class Device:
+        @staticmethod
+        def count():
+            return 1
+
+        def name(self):
+            return "Emulated GPU"
+
+        def get_attribute(self, attr):
+            return {"smem": smem_default, "optin": smem_optin}[attr]
+
+    class Context:
+        @staticmethod
+        def get_device():
+            return Device()
+
+    class Function:
+        def __init__(self, name):
+            self.name = name
+            self.max_dynamic = smem_default - static_smem
+            if with_set_attribute:
+                self.set_attribute = self._set_attribute
+
+        def prepare(self, fmt):
+            self.fmt = fmt
+            return self
+
+        def get_attribute(self, attr):
+            return {"static": static_smem, "max_dynamic": self.max_dynamic}[attr]
+
+        def _set_attribute(self, attr, value):
+            assert attr == "max_dynamic"
+            if value + static_smem > smem_optin:
+                raise FakeCudaError("CUDA_ERROR_INVALID_VALUE")
+            self.max_dynamic = value
+
+        def prepared_async_call(self, grid, block, stream, *args, shared_size=0):
+            values = struct.unpack(self.fmt, struct.pack(self.fmt, *args))  # what the kernel receives
+            if shared_size > self.max_dynamic:
+                raise FakeCudaError(f"{self.name}: {shared_size} bytes of dynamic shared memory")
+            grid = (*grid, 1, 1)[:3]
+            block = (*block, 1, 1)[:3]
+            assert grid[2] == 1 and block[2] == 1
+            cfg = (grid[0], grid[1], block[0], block[1], shared_size)
+            drv.launches.append((self.name, cfg))
+            if self.name.startswith("bagcams_partial_"):
+                m = re.fullmatch(r"bagcams_partial_(\w+?)_(f32|f16)(_gmem)?", self.name)
+                rc = lib.emu_partial(
+                    m.group(1).encode(), m.group(2) == "f16", m.group(3) is None, *cfg, *values
+                )
+            else:
+                rc = getattr(lib, "emu_" + self.name.removeprefix("bagcams_"))(*cfg, *values)
+            if rc != 0:
+                raise FakeCudaError(f"{self.name}: launch configuration rejected ({rc})")
+
+    known = {f"bagcams_partial_{m}_{t}{v}" for m in METHODS for t in ("f32", "f16") for v in ("", "_gmem")}
+    known |= {"bagcams_reduce_partials", "bagcams_minmax", "bagcams_normalize"}
+
+    class Module:
+        def get_function(self, name):
+            if name not in known:
+                raise FakeCudaError(f"CUDA_ERROR_NOT_FOUND: {name}")
+            return Function(name)
+
+    def memcpy_htod(dst, src):
+        src = np.ascontiguousarray(src)
+        ctypes.memmove(int(dst), src.ctypes.data, src.nbytes)
+
+    def memcpy_dtoh(dst, src):
+        ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes)
+
+    drv.init = lambda flags=0: None
+    drv.Device = Device
+    drv.Context = Context
+    drv.Stream = Stream
+    drv.mem_alloc = DeviceAllocation
+    drv.memcpy_htod = memcpy_htod
+    drv.memcpy_dtoh = memcpy_dtoh
+    drv.module_from_file = lambda path: Module()
+    pkg = types.ModuleType("pycuda")
+    pkg.driver = drv
+    return pkg, drv
+
+
+def install_fake(monkeypatch, lib, **kwargs):
+    pkg, drv = fake_pycuda(lib, **kwargs)
+    monkeypatch.setitem(sys.modules, "pycuda", pkg)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+    return drv
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("method", METHODS)
+def test_launcher_drives_emulated_kernels(monkeypatch, emulator_lib, method, dtype):
+    drv = install_fake(monkeypatch, emulator_lib)
+    kernel = launcher.AggregationKernel(method, dtype)
+    assert kernel.module_origin == "fatbin"
+    scale = 1.0 if dtype == "float32" else 512.0
+    f, g = make_inputs((3, 37, 7, 9), dtype, scale, seed=12)
+    out = kernel.compute(f, g, (61, 45), scale)
+    check_against_oracles(out, method, f, g, (61, 45), scale)
+    names = [name for name, _ in drv.launches]
+    suffix = f"{method}_{launcher.DTYPES[dtype]}"
+    assert names == [
+        f"bagcams_partial_{suffix}",
+        "bagcams_reduce_partials",
+        "bagcams_minmax",
+        "bagcams_normalize",
+    ]
+    assert [a for a in drv.allocations if not a.freed] == [kernel._workspace]  # only the workspace stays
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_launcher_falls_back_to_global_memory_path(monkeypatch, emulator_lib, method):
+    # a device with 1 KiB of shared memory per block and no opt-in: the staged path cannot run
+    drv = install_fake(monkeypatch, emulator_lib, smem_default=1024, smem_optin=1024)
+    kernel = launcher.AggregationKernel(method, "float32")
+    f, g = make_inputs((2, 11, 12, 13), "float32", seed=13)
+    assert not kernel.uses_shared_memory(kernel.plan(2, 11, 12, 13, 20, 30))
+    out = kernel.compute(f, g, (20, 30))
+    check_against_oracles(out, method, f, g, (20, 30), 1.0)
+    assert drv.launches[0][0].endswith("_gmem")
+
+
+def test_launcher_opts_in_to_large_shared_memory(monkeypatch, emulator_lib):
+    drv = install_fake(monkeypatch, emulator_lib, smem_default=1024, smem_optin=64 * 1024)
+    kernel = launcher.AggregationKernel("gradcampp", "float32")
+    f, g = make_inputs((2, 6, 8, 8), "float32", seed=14)
+    plan = kernel.plan(2, 6, 8, 8, 16, 16)
+    assert plan.smem_bytes > 1024 and kernel.uses_shared_memory(plan)
+    out = kernel.compute(f, g, (16, 16))
+    check_against_oracles(out, "gradcampp", f, g, (16, 16), 1.0)
+    assert drv.launches[0] == ("bagcams_partial_gradcampp_f32", (plan.groups, 2, 128, 1, plan.smem_bytes))
+
+
+def test_launcher_without_set_attribute_stays_within_default_shared_memory(monkeypatch, emulator_lib):
+    install_fake(monkeypatch, emulator_lib, smem_default=1024, smem_optin=64 * 1024, with_set_attribute=False)
+    kernel = launcher.AggregationKernel("bagcams", "float32")
+    assert not kernel.uses_shared_memory(kernel.plan(1, 4, 8, 8, 16, 16))
+
+
+def test_launcher_reuses_its_workspace(monkeypatch, emulator_lib):
+    drv = install_fake(monkeypatch, emulator_lib)
+    kernel = launcher.AggregationKernel("pcs", "float32")
+    big = make_inputs((2, 9, 7, 7), "float32", seed=15)
+    small = make_inputs((1, 5, 4, 4), "float32", seed=16)
+    kernel.compute(*big, (14, 14))
+    workspace = kernel._workspace
+    for f, g in (small, big):
+        check_against_oracles(kernel.compute(f, g, (14, 14)), "pcs", f, g, (14, 14), 1.0)
+    assert kernel._workspace is workspace
+    assert [a for a in drv.allocations if not a.freed] == [workspace]
+
+
+def test_launcher_validates_arguments(monkeypatch, emulator_lib):
+    install_fake(monkeypatch, emulator_lib)
+    kernel = launcher.AggregationKernel("pcs", "float32")
+    f, g = make_inputs((1, 4, 3, 3), "float32")
+    with pytest.raises(BagcamsError, match="this kernel takes float16"):
+        launcher.AggregationKernel("pcs", "float16").compute(f, g, (5, 5))
+    with pytest.raises(BagcamsError, match="C-contiguous"):
+        kernel.compute(np.asfortranarray(f), g, (5, 5))
+    with pytest.raises(BagcamsError, match="differ"):
+        kernel.compute(f, g[:, :2].copy(), (5, 5))
+    with pytest.raises(BagcamsError, match="gradient_scale"):
+        kernel.compute(f, g, (5, 5), float("nan"))
+    with pytest.raises(BagcamsError, match="null device pointer"):
+        kernel.launch(0, 1, 1, 1, 4, 3, 3, 5, 5)
+    with pytest.raises(BagcamsError, match="K must be > 0"):
+        kernel.launch(1, 1, 1, 1, 0, 3, 3, 5, 5)
+    with pytest.raises(BagcamsError, match=r"pycuda\.driver\.Stream"):
+        kernel.launch(1, 1, 1, 1, 4, 3, 3, 5, 5, 1.0, 12345)
+    with pytest.raises(BagcamsError, match="unknown kernel method"):
+        launcher.AggregationKernel("cam", "float32")
+
+
+def test_launcher_wraps_launch_failures(monkeypatch, emulator_lib):
+    drv = install_fake(monkeypatch, emulator_lib)
+    kernel = launcher.AggregationKernel("bagcams", "float32")
+
+    def broken(*args, **kwargs):
+        raise drv.Error("CUDA_ERROR_LAUNCH_FAILED")
+
+    kernel._reduce.prepared_async_call = broken
+    f, g = make_inputs((2, 4, 3, 3), "float32")
+    with pytest.raises(BagcamsError, match=r"bagcams_reduce_partials failed for N=2 K=4 h=3 w=3 -> 5x5"):
+        kernel.compute(f, g, (5, 5))
 
 
 # ---------------------------------------------------------------------------------------------

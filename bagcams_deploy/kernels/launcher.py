@@ -198,14 +198,17 @@ class AggregationKernel:
         self._partial_gmem = self._function(self.partial_name + "_gmem", "PPPiiif")
         self._reduce = self._function("bagcams_reduce_partials", "PPiii")
         self._minmax = self._function("bagcams_minmax", "PPiiiiii")
-        self._normalize = self._function("bagcams_normalize", "PPPiiiiiii")
-        dev = self._drv.Context.get_device()
-        attr = self._drv.device_attribute
-        self.device_name = dev.name()
-        self._smem_default = int(dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_BLOCK))
-        optin = getattr(attr, "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", None)
-        self._smem_optin = int(dev.get_attribute(optin)) if optin is not None else self._smem_default
-        self._smem_limit = self._raise_smem_limit()
+        self._normalize = self._function("bagcams_normalize", "PPPiiiiii")
+        try:
+            dev = self._drv.Context.get_device()
+            attr = self._drv.device_attribute
+            self.device_name = dev.name()
+            self._smem_default = int(dev.get_attribute(attr.MAX_SHARED_MEMORY_PER_BLOCK))
+            optin = getattr(attr, "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", None)
+            self._smem_optin = int(dev.get_attribute(optin)) if optin is not None else self._smem_default
+            self._smem_limit = self._raise_smem_limit()
+        except self._drv.Error as exc:
+            raise _error(f"cannot query the CUDA device for {self.partial_name}: {exc}") from exc
         self._workspace = None
         self._workspace_bytes = 0
 
