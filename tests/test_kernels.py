@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.util
+import json
 import os
 import re
 import shutil
 import struct
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -488,6 +491,33 @@ def fake_pycuda(lib, smem_default=48 * 1024, smem_optin=48 * 1024, with_set_attr
     def memcpy_dtoh(dst, src):
         ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes)
 
+    class Event:
+        def __init__(self, flags=0):
+            self.t = None
+
+        def record(self, stream=None):
+            self.t = time.perf_counter()
+            return self
+
+        def synchronize(self):
+            return self
+
+        def time_since(self, other):
+            return max((self.t - other.t) * 1e3, 1e-6)
+
+    def to_device(array):
+        alloc = DeviceAllocation(array.nbytes)
+        memcpy_htod(alloc, array)
+        return alloc
+
+    Device.compute_capability = lambda self: (9, 0)
+    drv.Event = Event
+    drv.to_device = to_device
+    drv.mem_get_info = lambda: (1 << 30, 1 << 31)
+    drv.memset_d8 = lambda dst, value, n: ctypes.memset(int(dst), value, n)
+    drv.memcpy_dtod_async = lambda dst, src, n, stream=None: ctypes.memmove(int(dst), int(src), n)
+    drv.get_driver_version = lambda: 13000
+    drv.get_version = lambda: (13, 0, 0)
     drv.init = lambda flags=0: None
     drv.Device = Device
     drv.Context = Context
@@ -604,6 +634,50 @@ def test_launcher_wraps_launch_failures(monkeypatch, emulator_lib):
     f, g = make_inputs((2, 4, 3, 3), "float32")
     with pytest.raises(BagcamsError, match=r"bagcams_reduce_partials failed for N=2 K=4 h=3 w=3 -> 5x5"):
         kernel.compute(f, g, (5, 5))
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("bench_kernel", ROOT / "benchmarks" / "bench_kernel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_runs_on_the_emulated_device(monkeypatch, emulator_lib, tmp_path):
+    install_fake(monkeypatch, emulator_lib)
+    bench = _load_bench()
+    out = tmp_path / "kernel.json"
+    args = ["--batches", "1", "2", "--channels", "9", "--feature-size", "5", "--out-size", "12"]
+    args += ["--methods", "bagcams", "gradcampp", "--warmup", "1", "--iters", "2", "--copy-mib", "1"]
+    assert bench.main([*args, "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["device"] == "Emulated GPU"
+    rows = result["results"]
+    assert len(rows) == 2 * 2 * 2  # methods x dtypes x batches
+    for row in rows:
+        assert row["ms"] > 0 and row["gbps"] > 0
+        assert row["max_abs_err"] is not None and row["max_abs_err"] <= TOL_VS_GRADIENT_MAP
+        assert (
+            row["bytes_moved"]
+            == 2 * row["n"] * 9 * 25 * (4 if row["dtype"] == "float32" else 2) + row["n"] * 576
+        )
+
+
+def test_benchmark_without_pycuda_exits_with_a_message():
+    try:
+        import pycuda.driver  # noqa: F401
+    except Exception:
+        pass
+    else:
+        pytest.skip("pycuda is installed here")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_kernel.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "needs pycuda" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------
