@@ -445,7 +445,10 @@ class AggregationKernel:
 
 
 def source_sha256() -> str:
-    """sha256 of the kernel sources as build.sh stamps it (cuh, cu, h concatenated)."""
+    """sha256 of the kernel sources as build.sh stamps it (cuh, cu, h concatenated).
+
+    For checkouts (the tests): the wheel ships the .cuh/.cu but not necessarily the .h.
+    """
     import hashlib
 
     root = Path(os.environ.get("BAGCAMS_KERNEL_SRC", KERNEL_DIR))
