@@ -28,6 +28,13 @@ def compile_config(threads: int | None = None) -> dict[str, Any]:
     return config
 
 
+def _contract_name(names: set[str], contract: tuple[str, ...]) -> str:
+    for name in contract:
+        if name in names:
+            return name
+    return sorted(names)[0]
+
+
 class OpenVINOBackend(Backend):
     """An OpenVINO compiled model over an exported graph (dynamic batch, named outputs)."""
 
@@ -56,7 +63,8 @@ class OpenVINOBackend(Backend):
                 f"OpenVINO cannot load {self.path}: {str(exc).splitlines()[0][:200]}"
             ) from None
         self.request = self.compiled.create_infer_request()
-        self.output_names = [next(iter(o.get_names())) for o in self.compiled.outputs]
+        # a port may carry several tensor names; report it under the contract's one
+        self.output_names = [_contract_name(o.get_names(), self.info.outputs) for o in self.compiled.outputs]
 
     def deactivate_impl(self) -> None:
         self.request = None
