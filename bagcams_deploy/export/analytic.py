@@ -8,6 +8,9 @@ is the ``torch-analytic`` backend and, traced, the exported ONNX graph.
 
 from __future__ import annotations
 
+import copy
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -17,6 +20,7 @@ from ..models.wsol import WSOLModel
 from ..reference.cams import check_method
 from .rules import rule_for
 
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 OUTPUT_NAMES_GRADIENT = ("logits", "class_id_used", "features", "gradients", "cam")
 OUTPUT_NAMES_CAM = ("logits", "class_id_used", "features", "cam")
 
@@ -27,6 +31,12 @@ class AnalyticCAM(nn.Module):
     Outputs, in order: ``logits`` [N,C], ``class_id_used`` [N], ``features`` [N,K,h,w], ``gradients``
     [N,K,h,w] (gradient methods only; the true gradient times ``gradient_scale``) and, unless
     ``with_cam`` is False, ``cam`` [N,1,H,W].
+
+    ``precision`` fp16/bf16 gives the mixed-precision network that strongly typed TensorRT builds
+    want: convolutions (forward and backward) in half precision; the classifier, the score, the
+    gradient seed, 1/|s_c| and the map in float32; inputs and outputs float32. The analytic gradient
+    is about |W_c| / (h w s_c), far below half precision's normal range, so the seed is multiplied
+    by ``gradient_scale`` (see :func:`calibrate_gradient_scale`) and the map divides it out.
     """
 
     def __init__(
@@ -36,9 +46,12 @@ class AnalyticCAM(nn.Module):
         target_layer: str | None = None,
         with_cam: bool = True,
         gradient_scale: float = 1.0,
+        precision: str = "fp32",
     ):
         super().__init__()
         check_method(method)
+        if precision not in PRECISIONS:
+            raise BagcamsError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
         model.eval()
         if method == "cam":
             layer = model.spec.target_layers[-1]
@@ -50,6 +63,10 @@ class AnalyticCAM(nn.Module):
         cut = names.index(layer) + 1
         self.method, self.target_layer, self.with_cam = method, layer, with_cam
         self.gradient_scale = float(gradient_scale)
+        self.precision = precision
+        self.compute_dtype = PRECISIONS[precision]
+        if precision != "fp32":
+            model = copy.deepcopy(model)  # the user's model stays float32
         self.architecture, self.num_classes = model.architecture, model.num_classes
         self.prefix = nn.ModuleList([model.stage(n) for n in names[:cut]])
         guided = method == "bagcams"
@@ -58,6 +75,12 @@ class AnalyticCAM(nn.Module):
         fc = model.classifier.fc
         self.register_buffer("fc_weight", fc.weight.detach()[:, :, 0, 0].clone(), persistent=False)
         self.register_buffer("fc_bias", fc.bias.detach().clone(), persistent=False)
+        if precision != "fp32":
+            # Rules were built from float32 weights (BN folded in float32); now cast the network.
+            self.prefix.to(self.compute_dtype)
+            self.suffix_modules.to(self.compute_dtype)
+            self.suffix.to(self.compute_dtype)
+        self.calibration: list[float] | None = None  # set to [] to record max |grad| per backward step
         self.eval()
 
     @property
@@ -66,7 +89,7 @@ class AnalyticCAM(nn.Module):
         return names if self.with_cam else names[:-1]
 
     def forward(self, image: Tensor, class_id: Tensor) -> tuple[Tensor, ...]:
-        x = image
+        x = image.to(self.compute_dtype)
         for stage in self.prefix:
             x = stage(x)
         features = x
@@ -74,12 +97,13 @@ class AnalyticCAM(nn.Module):
         for rule in self.suffix:
             x, tape = rule(x)
             tapes.append(tape)
-        pooled = x.mean(dim=(2, 3))
+        pooled = x.float().mean(dim=(2, 3))
         logits = pooled @ self.fc_weight.t() + self.fc_bias
         used = torch.where(class_id < 0, logits.argmax(dim=1), class_id)
         w_c = self.fc_weight.index_select(0, used)  # [N, K_last]
         size = (image.shape[2], image.shape[3])
 
+        features = features.float()
         if self.method == "cam":
             outputs: tuple[Tensor, ...] = (logits, used, features)
             if self.with_cam:
@@ -98,9 +122,14 @@ class AnalyticCAM(nn.Module):
             sign, magnitude = torch.ones_like(score), None
         hw = x.shape[2] * x.shape[3]
         seed = (w_c * (sign * (self.gradient_scale / hw)))[:, :, None, None]
-        grad = seed.expand(x.shape)
+        grad = seed.expand(x.shape).to(self.compute_dtype)
+        if self.calibration is not None:
+            self.calibration.append(float(seed.abs().max()))
         for rule, tape in zip(reversed(self.suffix), reversed(tapes), strict=True):
             grad = rule.vjp(tape, grad)
+            if self.calibration is not None:
+                self.calibration.append(float(grad.abs().max()))
+        grad = grad.float()
         if magnitude is not None:
             grad = grad * magnitude[:, :, None, None]
         if not self.suffix:
@@ -116,3 +145,28 @@ class AnalyticCAM(nn.Module):
         if class_id is None:
             class_id = torch.full((image.shape[0],), -1, dtype=torch.int64)
         return dict(zip(self.output_names, self(image, class_id), strict=True))
+
+
+# Half precision: largest finite 65504; keep the largest backward value near 2^10 for headroom.
+HALF_TARGET_MAX = 2.0**10
+
+
+@torch.no_grad()
+def calibrate_gradient_scale(
+    model: WSOLModel, method: str, target_layer: str | None, images: Tensor, target_max: float = HALF_TARGET_MAX
+) -> float:
+    """A power of two that puts the largest backward-pass value near ``target_max``.
+
+    Runs the float32 analytic network on ``images`` recording max |grad| after every backward step
+    (including the seed), so that every intermediate of the half-precision backward stays finite and
+    as far above the subnormal range as possible. Powers of two make the scaling exact.
+    """
+    net = AnalyticCAM(model, method, target_layer, with_cam=False)
+    if method == "cam":
+        return 1.0
+    net.calibration = []
+    net.run(images)
+    peak = max(net.calibration) if net.calibration else 0.0
+    if not peak > 0 or not math.isfinite(peak):
+        return 1.0
+    return float(2.0 ** round(math.log2(target_max / peak)))

@@ -14,7 +14,7 @@ from .. import __version__
 from ..errors import BagcamsError
 from ..models.wsol import WSOLModel
 from ..preprocessing import MEAN, STD
-from .analytic import AnalyticCAM
+from .analytic import AnalyticCAM, calibrate_gradient_scale
 from .contract import INPUT_NAMES, metadata_props
 
 MIN_OPSET = 17
@@ -34,7 +34,14 @@ class ExportResult:
     precision: str
 
 
-def _trace_to_onnx(module: torch.nn.Module, example: tuple, outputs: tuple[str, ...], opset: int, dynamic_size: bool):
+def _trace_to_onnx(
+    module: torch.nn.Module,
+    example: tuple,
+    outputs: tuple[str, ...],
+    opset: int,
+    dynamic_size: bool,
+    output_shapes: list[tuple[int, ...]],
+):
     dyn: dict[str, dict[int, str]] = {"image": {0: "N"}, "class_id": {0: "N"}}
     if dynamic_size:
         dyn["image"].update({2: "H", 3: "W"})
@@ -62,9 +69,7 @@ def _trace_to_onnx(module: torch.nn.Module, example: tuple, outputs: tuple[str, 
 
     proto = onnx.load_from_string(buf.getvalue())
     # The tracer cannot tell that reshapes keep the map's shape; state the output shapes plainly.
-    with torch.no_grad():
-        values = module(*example)
-    for out, value in zip(proto.graph.output, values, strict=True):
+    for out, shape in zip(proto.graph.output, output_shapes, strict=True):
         dims = out.type.tensor_type.shape.dim
         for axis, d in enumerate(dims):
             symbolic = dyn.get(out.name, {}).get(axis)
@@ -73,7 +78,7 @@ def _trace_to_onnx(module: torch.nn.Module, example: tuple, outputs: tuple[str, 
                 d.dim_param = symbolic
             else:
                 d.ClearField("dim_param")
-                d.dim_value = int(value.shape[axis])
+                d.dim_value = int(shape[axis])
     return proto
 
 
@@ -86,9 +91,16 @@ def export_onnx(
     with_cam: bool = True,
     opset: int = DEFAULT_OPSET,
     dynamic_size: bool = False,
-    gradient_scale: float = 1.0,
+    gradient_scale: float | None = None,
+    precision: str = "fp32",
+    calibration_images: torch.Tensor | None = None,
 ) -> ExportResult:
-    """Write the analytic CAM graph of ``model`` to ``output`` and check it (full checker + shapes)."""
+    """Write the analytic CAM graph of ``model`` to ``output`` and check it (full checker + shapes).
+
+    ``precision`` fp16/bf16 writes a mixed-precision graph (see :class:`AnalyticCAM`); its
+    ``gradient_scale`` is then calibrated on ``calibration_images`` (default: generated scenes)
+    unless given. The scale is recorded in the metadata and undone by the in-graph map and kernels.
+    """
     import onnx
 
     if opset < MIN_OPSET:
@@ -97,11 +109,21 @@ def export_onnx(
     if min(size) < model.spec.min_input_size:
         raise BagcamsError(f"--input-size {size} is below the minimum {model.spec.min_input_size} for {model.architecture}")
     t0 = time.perf_counter()
-    net = AnalyticCAM(model, method, target_layer, with_cam=with_cam, gradient_scale=gradient_scale)
+    if gradient_scale is None:
+        gradient_scale = 1.0
+        if precision != "fp32" and method != "cam":
+            from ..verify import random_images
+
+            calib = calibration_images if calibration_images is not None else torch.from_numpy(random_images(8, size, 0))
+            gradient_scale = calibrate_gradient_scale(model, method, target_layer, calib)
+    net = AnalyticCAM(model, method, target_layer, with_cam=with_cam, gradient_scale=gradient_scale, precision=precision)
     gen = torch.Generator().manual_seed(0)
     example = (torch.randn(1, 3, *size, generator=gen), torch.full((1,), -1, dtype=torch.int64))
     with torch.no_grad():
-        proto = _trace_to_onnx(net, example, net.output_names, opset, dynamic_size)
+        # Output shapes from the float32 twin: half-precision convolutions are slow on PyTorch's CPU.
+        twin = net if precision == "fp32" else AnalyticCAM(model, method, target_layer, with_cam=with_cam)
+        shapes = [tuple(v.shape) for v in twin(*example)]
+        proto = _trace_to_onnx(net, example, net.output_names, opset, dynamic_size, shapes)
     props = metadata_props(
         method=net.method,
         target_layer=net.target_layer,
@@ -111,7 +133,7 @@ def export_onnx(
         mean=MEAN,
         std=STD,
         gradient_scale=gradient_scale,
-        precision="fp32",
+        precision=precision,
         producer_version=__version__,
         class_names=model.class_names,
     )
@@ -138,7 +160,7 @@ def export_onnx(
         seconds=time.perf_counter() - t0,
         size_bytes=path.stat().st_size,
         gradient_scale=gradient_scale,
-        precision="fp32",
+        precision=precision,
     )
 
 

@@ -128,9 +128,10 @@ class MaxPoolRule(Rule):
     def vjp(self, tape: Tape, grad: Tensor) -> Tensor:
         idx, shape = tape
         n, c = grad.shape[0], grad.shape[1]
-        out = torch.zeros((n, c, shape[2] * shape[3]), dtype=grad.dtype)
-        out = out.scatter_add(2, idx.flatten(2), grad.flatten(2))
-        return out.reshape(n, c, shape[2], shape[3])
+        # Accumulate in float32 (ONNX Runtime has no half-precision ScatterElements-add; and it is exact).
+        out = torch.zeros((n, c, shape[2] * shape[3]), dtype=torch.float32)
+        out = out.scatter_add(2, idx.flatten(2), grad.float().flatten(2))
+        return out.reshape(n, c, shape[2], shape[3]).to(grad.dtype)
 
 
 class AvgPoolRule(Rule):

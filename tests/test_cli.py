@@ -1,0 +1,175 @@
+"""The command line as a user meets it: outputs on disk, one-line errors, non-zero exits."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from bagcams_deploy.export.analytic import AnalyticCAM
+from bagcams_deploy.methods.aggregation import gradient_map
+from bagcams_deploy.models import build_model, save_checkpoint
+
+
+def write_image(path, size=(80, 64), mode="RGB", seed=0):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).convert(mode).save(path)
+    return path
+
+
+def assert_one_line_error(result, *needles):
+    assert result.code != 0
+    lines = [ln for ln in result.err.strip().splitlines() if ln.strip()]
+    assert lines and lines[0].startswith("error: "), result.err
+    assert "Traceback" not in result.err + result.out
+    for n in needles:
+        assert n in result.err, (n, result.err)
+
+
+def test_info(cli, checkpoints):
+    r = cli("info", checkpoints["inception_v3"])
+    assert r.code == 0 and "inception_v3" in r.out and "SPG_A3_1b (1024ch)" in r.out and "classes:           7" in r.out
+    j = json.loads(cli("info", checkpoints["resnet18"], "--json").out)
+    assert j["architecture"] == "resnet18" and j["layer_channels"]["layer4"] == 512
+
+
+def test_cam_writes_overlays_and_maps(cli, checkpoints, tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    write_image(imgs / "a.png")
+    write_image(imgs / "b.jpg", size=(100, 120), seed=1)
+    write_image(imgs / "grey.png", mode="L", seed=2)
+    write_image(imgs / "alpha.png", mode="RGBA", seed=3)
+    out = tmp_path / "out"
+    r = cli("cam", checkpoints["resnet18"], imgs, "--out", out, "--method", "gradcam", "--input-size", "64")
+    assert r.code == 0, r.err
+    for stem in ("a", "b", "grey", "alpha"):
+        m = np.load(out / f"{stem}.npy")
+        assert m.shape == (64, 64) and np.isfinite(m).all() and 0 <= m.min() and m.max() <= 1
+        assert (out / f"{stem}_overlay.png").stat().st_size > 0
+    with Image.open(out / "b_overlay.png") as im:  # overlays keep the original image size
+        assert im.size == (100, 120)
+
+
+def test_cam_bad_inputs(cli, checkpoints, tmp_path):
+    good = write_image(tmp_path / "ok.png")
+    assert_one_line_error(cli("cam", checkpoints["resnet18"], tmp_path / "missing.png", "--out", tmp_path / "o"),
+                          "no such image file or folder")  # fmt: skip
+    (tmp_path / "notimage.png").write_text("plain text")
+    assert_one_line_error(cli("cam", checkpoints["resnet18"], tmp_path / "notimage.png", "--out", tmp_path / "o"),
+                          "cannot read image", "notimage.png")  # fmt: skip
+    write_image(tmp_path / "tiny.png", size=(4, 4))
+    assert_one_line_error(cli("cam", checkpoints["resnet18"], tmp_path / "tiny.png", "--out", tmp_path / "o"), "too small")
+    assert_one_line_error(cli("cam", checkpoints["resnet18"], good, "--out", tmp_path / "o", "--method", "gradcam++"),
+                          "unknown method 'gradcam++'")  # fmt: skip
+    assert_one_line_error(cli("cam", checkpoints["resnet18"], good, "--out", tmp_path / "o", "--class-id", "99"),
+                          "class id 99 out of range")  # fmt: skip
+    assert_one_line_error(cli("cam", checkpoints["resnet18"], good, "--out", tmp_path / "o", "--target-layer", "fc"),
+                          "unknown target layer 'fc'", "valid: layer1, layer2, layer3, layer4")  # fmt: skip
+    assert_one_line_error(cli("info", tmp_path / "nope.pth"), "checkpoint not found")
+    assert_one_line_error(cli("info", good), "is not a PyTorch checkpoint")
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoints, tmp_path_factory):
+    from .conftest import run_cli
+
+    path = tmp_path_factory.mktemp("exp") / "r18.onnx"
+    r = run_cli("export", checkpoints["resnet18"], "-o", path, "--input-size", "64", "--target-layer", "layer3")
+    assert r.code == 0, r.err
+    assert "bagcams at layer3" in r.out
+    return path
+
+
+def test_verify_passes_and_writes_report(cli, checkpoints, exported, tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    write_image(imgs / "x.png", size=(90, 70))
+    report = tmp_path / "rep.json"
+    r = cli("verify", exported, "--checkpoint", checkpoints["resnet18"], "--num-random", "3", "--images", imgs,
+            "--report", report)  # fmt: skip
+    assert r.code == 0, r.out + r.err
+    assert "PASS" in r.out
+    rep = json.loads(report.read_text())
+    assert rep["passed"] and len(rep["images"]) == 4 and rep["method"] == "bagcams"
+    first = rep["images"][0]
+    for key in ("map_pearson", "map_pixels_off", "map_iou", "box_iou", "gradients_rel_l2", "logits_rel_l2"):
+        assert key in first
+    assert rep["images"][3]["source"].endswith("x.png")
+
+
+def test_verify_detects_a_checkpoint_that_does_not_match(cli, exported, tmp_path):
+    other = save_checkpoint(build_model("resnet18", 7, seed=99, randomize_batchnorm=True), tmp_path / "other.pth")
+    r = cli("verify", exported, "--checkpoint", other, "--num-random", "2")
+    assert r.code == 1 and "FAIL" in r.err and "logits rel L2" in r.err
+    wrong_arch = save_checkpoint(build_model("resnet50", 7, seed=1), tmp_path / "r50.pth")
+    assert_one_line_error(cli("verify", exported, "--checkpoint", wrong_arch), "does not match")
+    wrong_classes = save_checkpoint(build_model("resnet18", 5, seed=1), tmp_path / "c5.pth")
+    assert_one_line_error(cli("verify", exported, "--checkpoint", wrong_classes), "does not match", "7 classes")
+
+
+class FrozenGradientGraph(torch.nn.Module):
+    """What tracing autograd into a graph gives: the example input's gradient as a constant."""
+
+    def __init__(self, net: AnalyticCAM, example: torch.Tensor):
+        super().__init__()
+        self.net = net
+        with torch.no_grad():
+            self.register_buffer("frozen", net.run(example)["gradients"])
+
+    def forward(self, image, class_id):
+        logits, used, features, _ = self.net(image, class_id)[:4]
+        grad = self.frozen.expand(image.shape[0], -1, -1, -1)
+        return logits, used, features, grad, gradient_map("bagcams", features, grad, tuple(image.shape[2:]))
+
+
+def test_verify_catches_a_frozen_gradient(cli, checkpoints, exported, tmp_path):
+    from bagcams_deploy.models import load_model
+
+    model = load_model(checkpoints["resnet18"])
+    frozen = FrozenGradientGraph(AnalyticCAM(model, "bagcams", "layer3"), torch.randn(1, 3, 64, 64))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(frozen, (torch.randn(1, 3, 64, 64), torch.tensor([-1])), buf, dynamo=False, opset_version=18,
+                          input_names=["image", "class_id"],
+                          output_names=["logits", "class_id_used", "features", "gradients", "cam"],
+                          dynamic_axes={"image": {0: "N"}, "class_id": {0: "N"}})  # fmt: skip
+    proto = onnx.load_from_string(buf.getvalue())
+    proto.metadata_props.extend(onnx.load(str(exported)).metadata_props)
+    path = tmp_path / "frozen.onnx"
+    onnx.save(proto, str(path))
+    r = cli("verify", path, "--checkpoint", checkpoints["resnet18"], "--num-random", "3")
+    assert r.code == 1
+    assert "gradients are the same for every input" in r.err
+
+
+def test_verify_and_export_bad_input(cli, checkpoints, tmp_path):
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    assert_one_line_error(cli("verify", tmp_path / "junk.onnx", "--checkpoint", checkpoints["resnet18"]), "is not an ONNX model")
+    assert_one_line_error(cli("export", checkpoints["resnet18"], "-o", tmp_path / "x.onnx", "--method", "lrp"), "unknown method 'lrp'")
+    assert_one_line_error(cli("export", checkpoints["resnet18"], "-o", tmp_path / "x.onnx", "--target-layer", "Mixed_6e"),
+                          "unknown target layer 'Mixed_6e' for resnet18")  # fmt: skip
+    assert_one_line_error(cli("export", checkpoints["resnet18"], "-o", tmp_path / "x.onnx", "--opset", "11"), "opset 11 is too old")
+    assert_one_line_error(cli("bench", tmp_path / "junk.onnx", "--backends", "ort-gpu"), "unknown backend 'ort-gpu'")
+
+
+def test_bench_reports_rows_ratios_and_machine(cli, checkpoints, exported, tmp_path):
+    out = tmp_path / "bench.json"
+    r = cli("bench", exported, "--checkpoint", checkpoints["resnet18"], "--backends", "torch-reference,ort-cpu",
+            "--batch-sizes", "1,2", "--warmup", "1", "--iters", "2", "--threads", "1", "--json", out)  # fmt: skip
+    assert r.code == 0, r.err
+    rep = json.loads(out.read_text())
+    names = {(row["backend"], row["batch_size"]) for row in rep["rows"]}
+    assert names == {(b, n) for b in ("torch-reference", "ort-cpu", "ort-forward-only") for n in (1, 2)}
+    for row in rep["rows"]:
+        assert row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"] and row["peak_rss_mb"] > 0
+    assert "speedup_vs_torch_reference" in rep["ratios"]["ort-cpu@2"] and "x_forward_only" in rep["ratios"]["ort-cpu@1"]
+    assert rep["machine"]["onnxruntime"] and rep["threads"] == 1
