@@ -1,0 +1,240 @@
+"""Reading a wsolevaluation metadata folder, GT masks and images, with errors naming file and line.
+
+Layout (one split's folder)::
+
+    image_ids.txt      <path>                      one image per line
+    class_labels.txt   <path>,<label>
+    image_sizes.txt    <path>,<w>,<h>              original image size in pixels
+    localization.txt   <path>,<x0>,<y0>,<x1>,<y1>  boxes (CUB, ILSVRC): one line per box
+                  or   <path>,<mask>,<ignore>      masks (OpenImages): one line per instance mask
+
+Images are ``data_root/<path>``; mask files are ``mask_root/<mask>``. Whether ``localization.txt``
+holds boxes or masks is detected from its first line (5 columns of which the last 4 are integers:
+boxes; 3 columns: masks) and every other line must agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bagcams_deploy.errors import BagcamsError
+from bagcams_deploy.evaluation.boxes import RESIZE_LENGTH
+from bagcams_deploy.evaluation.mask_metrics import IGNORE_VALUE
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass
+class WSOLMetadata:
+    """One split's annotations. ``kind`` is ``"boxes"`` or ``"masks"``; boxes are in original-image
+    pixels (use :meth:`resized_boxes` for the 224x224 map frame). ``ignore_paths[id]`` is ``None``
+    where the image has no ignore mask."""
+
+    root: Path
+    image_ids: list[str]
+    class_labels: dict[str, int]
+    image_sizes: dict[str, tuple[int, int]]
+    kind: str
+    boxes: dict[str, list[Box]] = field(default_factory=dict)
+    mask_paths: dict[str, list[str]] = field(default_factory=dict)
+    ignore_paths: dict[str, str | None] = field(default_factory=dict)
+
+    def resized_boxes(self, image_id: str, size: int = RESIZE_LENGTH) -> np.ndarray:
+        """The image's GT boxes (n, 4) int64 rescaled to a ``size`` x ``size`` map (see resize_box)."""
+        w, h = self.image_sizes[image_id]
+        return np.array([resize_box(b, (w, h), (size, size)) for b in self.boxes[image_id]], dtype=np.int64)
+
+
+def resize_box(box: Sequence[float], image_size: tuple[int, int], resize_size: tuple[int, int]) -> Box:
+    """Rescale an x0y0x1y1 box from ``image_size`` (w, h) to ``resize_size`` (w, h).
+
+    Like wsolevaluation's ``resize_bbox``: ``x * new_w / w`` in float, then ``int()`` truncation
+    (not rounding), so published numbers are reproduced exactly.
+    """
+    x0, y0, x1, y1 = map(float, box)
+    w, h = map(float, image_size)
+    new_w, new_h = map(float, resize_size)
+    return int(x0 * new_w / w), int(y0 * new_h / h), int(x1 * new_w / w), int(y1 * new_h / h)
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, text) for every non-blank line of a metadata file."""
+    if not path.is_file():
+        raise BagcamsError(f"{path}: metadata file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BagcamsError(f"{path}: cannot read metadata file ({exc})") from exc
+    return [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+
+
+def _int(path: Path, n: int, text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise BagcamsError(f"{path}:{n}: {what} must be an integer, got {text!r}") from None
+
+
+def _fields(path: Path, n: int, line: str, count: int, layout: str) -> list[str]:
+    parts = line.split(",")
+    if len(parts) != count or not parts[0]:
+        raise BagcamsError(f"{path}:{n}: malformed line {line!r}, expected '{layout}'")
+    return parts
+
+
+def _is_box_line(parts: list[str]) -> bool:
+    if len(parts) != 5:
+        return False
+    try:
+        [int(p) for p in parts[1:]]
+    except ValueError:
+        return False
+    return True
+
+
+def load_metadata(metadata_dir: str | Path) -> WSOLMetadata:
+    """Read and cross-check one split's metadata folder (see the module docstring for its layout)."""
+    root = Path(metadata_dir)
+    if not root.is_dir():
+        raise BagcamsError(f"{root}: metadata folder not found")
+
+    ids_file = root / "image_ids.txt"
+    image_ids: list[str] = []
+    id_lines: dict[str, int] = {}
+    for n, line in _read_lines(ids_file):
+        image_id = line.strip()
+        if "," in image_id:
+            raise BagcamsError(f"{ids_file}:{n}: malformed line {line!r}, expected '<path>'")
+        if image_id in id_lines:
+            raise BagcamsError(
+                f"{ids_file}:{n}: duplicate image id {image_id!r} (first on line {id_lines[image_id]})"
+            )
+        id_lines[image_id] = n
+        image_ids.append(image_id)
+    if not image_ids:
+        raise BagcamsError(f"{ids_file}: no image ids")
+
+    labels_file = root / "class_labels.txt"
+    class_labels: dict[str, int] = {}
+    for n, line in _read_lines(labels_file):
+        image_id, label = _fields(labels_file, n, line, 2, "<path>,<label>")
+        class_labels[image_id] = _int(labels_file, n, label, "class label")
+
+    sizes_file = root / "image_sizes.txt"
+    image_sizes: dict[str, tuple[int, int]] = {}
+    for n, line in _read_lines(sizes_file):
+        image_id, ws, hs = _fields(sizes_file, n, line, 3, "<path>,<w>,<h>")
+        w, h = _int(sizes_file, n, ws, "width"), _int(sizes_file, n, hs, "height")
+        if w <= 0 or h <= 0:
+            raise BagcamsError(f"{sizes_file}:{n}: image size must be positive, got {w}x{h}")
+        image_sizes[image_id] = (w, h)
+
+    loc_file = root / "localization.txt"
+    loc_lines = _read_lines(loc_file)
+    if not loc_lines:
+        raise BagcamsError(f"{loc_file}: no localization lines")
+    kind = "boxes" if _is_box_line(loc_lines[0][1].split(",")) else "masks"
+    boxes: dict[str, list[Box]] = {}
+    mask_paths: dict[str, list[str]] = {}
+    ignore_paths: dict[str, str | None] = {}
+    for n, line in loc_lines:
+        if kind == "boxes":
+            parts = _fields(loc_file, n, line, 5, "<path>,<x0>,<y0>,<x1>,<y1>")
+            image_id = parts[0]
+            x0, y0, x1, y1 = (_int(loc_file, n, p, "box coordinate") for p in parts[1:])
+            if x1 < x0 or y1 < y0:
+                raise BagcamsError(f"{loc_file}:{n}: box ({x0},{y0},{x1},{y1}) has x1 < x0 or y1 < y0")
+            size = image_sizes.get(image_id)
+            # x1 == w is tolerated: several published sets store exclusive right/bottom edges.
+            if size is not None and (x0 < 0 or y0 < 0 or x1 > size[0] or y1 > size[1]):
+                raise BagcamsError(
+                    f"{loc_file}:{n}: box ({x0},{y0},{x1},{y1}) lies outside the {size[0]}x{size[1]} image"
+                )
+            boxes.setdefault(image_id, []).append((x0, y0, x1, y1))
+        else:
+            image_id, mask, ignore = _fields(loc_file, n, line, 3, "<path>,<mask_path>,<ignore_path>")
+            if not mask:
+                raise BagcamsError(f"{loc_file}:{n}: empty mask path")
+            if image_id not in mask_paths:
+                mask_paths[image_id] = [mask]
+                ignore_paths[image_id] = ignore or None
+            else:
+                mask_paths[image_id].append(mask)
+                if ignore and ignore != ignore_paths[image_id]:
+                    raise BagcamsError(
+                        f"{loc_file}:{n}: second ignore mask {ignore!r} for {image_id!r} (one per image)"
+                    )
+
+    for image_id in image_ids:
+        n = id_lines[image_id]
+        if image_id not in class_labels:
+            raise BagcamsError(f"{ids_file}:{n}: image {image_id!r} has no class label in {labels_file}")
+        if image_id not in image_sizes:
+            raise BagcamsError(f"{ids_file}:{n}: image {image_id!r} has no size in {sizes_file}")
+        if image_id not in (boxes if kind == "boxes" else mask_paths):
+            what = "box" if kind == "boxes" else "mask"
+            raise BagcamsError(f"{ids_file}:{n}: image {image_id!r} has no {what} in {loc_file}")
+    return WSOLMetadata(
+        root=root,
+        image_ids=image_ids,
+        class_labels=class_labels,
+        image_sizes=image_sizes,
+        kind=kind,
+        boxes=boxes,
+        mask_paths=mask_paths,
+        ignore_paths=ignore_paths,
+    )
+
+
+def _why_unreadable(path: Path) -> str:
+    return "not a readable image" if path.is_file() else "no such file"
+
+
+def _read_gray(path: Path, what: str) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
+    if image is None:
+        raise BagcamsError(
+            f"{path}: cannot read {what} ({'not an image' if path.is_file() else 'no such file'})"
+        )
+    return image
+
+
+def _load_resized_mask(path: Path, what: str, size: int) -> np.ndarray:
+    mask = np.float32(_read_gray(path, what))
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST) > 0.5
+
+
+def load_gt_mask(
+    mask_root: str | Path, mask_paths: Sequence[str], ignore_path: str | None, size: int = RESIZE_LENGTH
+) -> np.ndarray:
+    """GT mask (size, size) float32: 1 foreground (union of instance masks), 0 background, 255 ignore.
+
+    As wsolevaluation's ``get_mask``: masks are read as grayscale, resized with nearest neighbour,
+    thresholded at > 0.5; ignored pixels are the ignore mask minus the foreground.
+    """
+    root = Path(mask_root)
+    if not mask_paths:
+        raise BagcamsError("load_gt_mask needs at least one instance mask path")
+    foreground = np.zeros((size, size), dtype=bool)
+    for mask_path in mask_paths:
+        foreground |= _load_resized_mask(root / mask_path, "mask", size)
+    ignore = np.zeros((size, size), dtype=bool)
+    if ignore_path:
+        ignore = _load_resized_mask(root / ignore_path, "ignore mask", size) & ~foreground
+    return foreground.astype(np.float32) + np.float32(IGNORE_VALUE) * ignore.astype(np.float32)
+
+
+def load_image(data_root: str | Path, image_id: str) -> np.ndarray:
+    """The image ``data_root/image_id`` as an RGB uint8 array (H, W, 3)."""
+    path = Path(data_root) / image_id
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
+    if image is None:
+        raise BagcamsError(
+            f"{path}: cannot read image ({'not an image' if path.is_file() else 'no such file'})"
+        )
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
