@@ -102,11 +102,19 @@ def _heart(n: int = 80) -> np.ndarray:
 
 
 def _bolt(rng: np.random.Generator) -> np.ndarray:
-    """A lightning bolt: a zig-zag band, thick at the top, pointed at the bottom."""
-    z = 0.35 + 0.15 * rng.random()
-    left = [[-0.35, -1.0], [-0.55 + z * 0.2, -0.1], [-0.05, -0.1], [-0.3, 1.0]]
-    right = [[0.45, 0.15], [0.05, 0.15], [0.45, -1.0]]
-    return np.array(left + right)
+    """A lightning bolt: wide top, a sideways notch, a long pointed lower stroke."""
+    z = 0.1 * (rng.random() - 0.5)  # notch height
+    return np.array(
+        [
+            [-0.1, -1.0],
+            [0.5, -1.0],
+            [0.1, -0.15 + z],
+            [0.45, -0.15 + z],
+            [-0.4, 1.0],
+            [-0.05, 0.1 + z],
+            [-0.45, 0.1 + z],
+        ]
+    )
 
 
 def _spiral_line(turns: float) -> np.ndarray:
@@ -218,32 +226,39 @@ def _jitter(rng: np.random.Generator, c: tuple[int, int, int], amount: int) -> n
 
 
 def _local_coords(
-    size: int, cx: float, cy: float, s: float, aspect: float, rot: float
+    ys: np.ndarray, xs: np.ndarray, cx: float, cy: float, s: float, aspect: float, rot: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel coordinates in the object's unit frame (inverse of ``_transform``), arithmetic only."""
+    """Coordinates of pixels (ys, xs) in the object's unit frame (inverse of ``_transform``).
+
+    Arithmetic only (no transcendental per-pixel functions), so results are IEEE-exact everywhere.
+    """
     c, sn = math.cos(rot), math.sin(rot)
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    dx = xs - np.float32(cx)
-    dy = ys - np.float32(cy)
+    dx = xs.astype(np.float32) - np.float32(cx)
+    dy = ys.astype(np.float32) - np.float32(cy)
     u = (np.float32(c) * dx + np.float32(sn) * dy) / np.float32(s * aspect)
     v = (np.float32(-sn) * dx + np.float32(c) * dy) / np.float32(s / aspect)
     return u, v
 
 
 def _object_texture(
-    label: int, rng: np.random.Generator, u: np.ndarray, v: np.ndarray, mask: np.ndarray
+    label: int,
+    rng: np.random.Generator,
+    u: np.ndarray,
+    v: np.ndarray,
+    mask: np.ndarray,
+    yx: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
-    """Colour of the object at every pixel (only used where ``mask``)."""
+    """(N, 3) float colours of the object's pixels ``yx`` (unit-frame coordinates ``u``, ``v``)."""
     name = CLASS_NAMES[label]
     a, b = (_jitter(rng, c, 28) for c in _PALETTE[name])
-    size = u.shape[0]
+    size = mask.shape[0]
     if name == "ringed_disc":
         k = 3.0 + 2.0 * rng.random()
         sel = (np.floor(np.sqrt(u * u + v * v) * k * 2).astype(np.int32) % 2) == 0
     elif name == "star":
         # Rim: distance from the mask edge, computed exactly on the integer mask.
         er = cv2.erode(mask, np.ones((3, 3), np.uint8), iterations=max(1, size // 60))
-        sel = er > 0
+        sel = er[yx] > 0
     elif name == "plus_cross":
         w = 0.18
         sel = ~((np.abs(u) < w) & (np.abs(v) < w))
@@ -270,11 +285,11 @@ def _object_texture(
     else:  # spiral: a banded look along the radius
         r = np.sqrt(u * u + v * v)
         sel = (np.floor(r * 18.0).astype(np.int32) % 3) != 0
-    out = np.where(sel[..., None], a, b)
+    out = np.where(sel[:, None], a, b)
     # Mild shading and grain so colour alone is not a perfect cue.
     shade = np.float32(1.0) + np.float32(0.12 * (rng.random() - 0.5)) * u + np.float32(0.12) * v
-    out = out * np.clip(shade, 0.75, 1.15)[..., None]
-    out = out + rng.normal(0.0, 6.0, out.shape).astype(np.float32)
+    out = out * np.clip(shade, 0.75, 1.15)[:, None]
+    out = out + np.float32(6.0) * rng.standard_normal(out.shape, dtype=np.float32)
     return out
 
 
@@ -312,7 +327,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         p1 = (int(rng.integers(0, size)), int(rng.integers(0, size)))
         th = int(rng.integers(1, max(2, size // 56)))
         cv2.line(canvas, p0, p1, _random_colour(rng), th, cv2.LINE_AA)
-    noise = rng.normal(0.0, 8.0, canvas.shape).astype(np.float32)
+    noise = np.float32(8.0) * rng.standard_normal(canvas.shape, dtype=np.float32)
     return np.clip(canvas.astype(np.float32) + noise, 0, 255).astype(np.uint8)
 
 
@@ -342,9 +357,10 @@ def _draw_distractor(rng: np.random.Generator, canvas: np.ndarray) -> None:
         pts = np.stack([c[0] + radii * np.cos(ang), c[1] + radii * np.sin(ang)], axis=1)
         cv2.fillPoly(layer, [_fixed(pts)], 255, cv2.LINE_8, _SHIFT)
     col = np.array(_random_colour(rng), np.float32)
-    tex = col + rng.normal(0, float(rng.uniform(5, 40)), (size, size, 3)).astype(np.float32)
     sel = layer > 0
-    canvas[sel] = np.clip(tex[sel], 0, 255).astype(np.uint8)
+    sd = np.float32(rng.uniform(5, 40))
+    tex = col + sd * rng.standard_normal((int(np.count_nonzero(sel)), 3), dtype=np.float32)
+    canvas[sel] = np.clip(tex, 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,12 +404,11 @@ def generate_scene(seed: int, size: int = 224, label: int | None = None) -> Scen
     rot = float(rng.uniform(0, 2 * math.pi))
     s, (cx, cy) = _place(geom, rng, size, aspect, rot)
     mask = _raster(geom, size, s, aspect, rot, cx, cy)
-    u, v = _local_coords(size, cx, cy, s, aspect, rot)
-    tex = _object_texture(label, rng, u, v, mask)
     sel = mask > 0
-    canvas[sel] = np.clip(tex[sel], 0, 255).astype(np.uint8)
-
     ys, xs = np.nonzero(sel)
+    u, v = _local_coords(ys, xs, cx, cy, s, aspect, rot)
+    tex = _object_texture(label, rng, u, v, mask, (ys, xs))
+    canvas[ys, xs] = np.clip(tex, 0, 255).astype(np.uint8)
     box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
     return Scene(image=canvas, label=label, box=box, mask=sel)
 
