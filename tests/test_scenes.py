@@ -106,7 +106,9 @@ def test_written_layout_is_consistent(tmp_path) -> None:
         rows = [ln.split(",") for ln in _lines(mmeta / "localization.txt")]
         assert [r[0] for r in rows] == ids
         for (rel, mask_rel, ignore), (_, *box) in zip(rows, boxes, strict=True):
-            assert ignore == ""
+            assert ignore == f"{split}/ignore.png"
+            ign = cv2.imread(str(root / "masks" / ignore), cv2.IMREAD_UNCHANGED)
+            assert ign.shape == (SIZE, SIZE) and not ign.any()
             m = cv2.imread(str(root / "masks" / mask_rel), cv2.IMREAD_UNCHANGED)
             assert m.shape == (SIZE, SIZE) and set(np.unique(m)) <= {0, 255}
             ys, xs = np.nonzero(m)

@@ -9,12 +9,15 @@ Layout under ``root``::
     metadata/<split>/image_sizes.txt           <split>/<NNNNN>.png,<w>,<h>
     metadata/<split>/localization.txt          <split>/<NNNNN>.png,<x0>,<y0>,<x1>,<y1>  (inclusive)
     metadata_masks/<split>/...                 val/test: same ids/labels/sizes, and
-    metadata_masks/<split>/localization.txt    <split>/<NNNNN>.png,<split>/<NNNNN>.png,
+    metadata_masks/<split>/localization.txt    <split>/<NNNNN>.png,<split>/<NNNNN>.png,<split>/ignore.png
+    masks/<split>/ignore.png                   one all-zero png shared by every image of the split
     classes.json                               class names, counts, seed, size
 
-``ignore_path`` is left empty: every pixel is exactly object or background (the mask is the rasterised
-shape), so there is no ignore region; wsolevaluation's mask loader treats an empty ignore path as
-"no ignore pixels". Mask paths are relative to ``<root>/masks``, image paths to ``<root>/images``.
+``ignore_path`` points to one shared all-zero PNG: every pixel is exactly object or background (the mask
+is the rasterised shape), so there is no ignore region. It is not left empty because wsolevaluation's
+``get_mask`` opens ``os.path.join(mask_root, ignore_path)`` unconditionally, and an empty path would make
+it read the mask directory. Mask and ignore paths are relative to ``<root>/masks``, image paths to
+``<root>/images``.
 
 Seeds: image ``i`` of split ``k`` uses ``SeedSequence([seed, k, i])`` — distinct entropy per split and
 index, so splits never share a stream and any single image can be regenerated on its own
@@ -35,6 +38,7 @@ from .generator import CLASS_NAMES, ProgressFn, generate_scene
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 MASK_SPLITS: tuple[str, ...] = ("val", "test")
+IGNORE_NAME = "ignore.png"  # all-zero ignore mask per split (see module docstring)
 _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; PNG is lossless so the level does not change pixels
 
 
@@ -69,8 +73,10 @@ def write_dataset(
             continue
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         with_masks = split in MASK_SPLITS
+        ignore_rel = f"{split}/{IGNORE_NAME}"
         if with_masks:
             (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / "masks" / ignore_rel), np.zeros((size, size), np.uint8), _PNG)
         ids, labels, sizes, boxes, masks = [], [], [], [], []
         for i in range(n):
             sc = generate_scene(scene_seed(seed, split, i), size, label=i % n_cls)
@@ -82,7 +88,7 @@ def write_dataset(
             boxes.append(f"{rel},{sc.box[0]},{sc.box[1]},{sc.box[2]},{sc.box[3]}")
             if with_masks:
                 cv2.imwrite(str(root / "masks" / rel), sc.mask.astype(np.uint8) * 255, _PNG)
-                masks.append(f"{rel},{rel},")
+                masks.append(f"{rel},{rel},{ignore_rel}")
             if progress is not None:
                 progress(split, i + 1, n)
         metas = ["metadata", "metadata_masks"] if with_masks else ["metadata"]
