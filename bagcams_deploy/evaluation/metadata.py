@@ -81,7 +81,7 @@ def _int(path: Path, n: int, text: str, what: str) -> int:
 
 
 def _fields(path: Path, n: int, line: str, count: int, layout: str) -> list[str]:
-    parts = line.split(",")
+    parts = [p.strip() for p in line.split(",")]  # stray spaces around commas are not meaningful
     if len(parts) != count or not parts[0]:
         raise BagcamsError(f"{path}:{n}: malformed line {line!r}, expected '{layout}'")
     return parts
@@ -198,9 +198,7 @@ def _why_unreadable(path: Path) -> str:
 def _read_gray(path: Path, what: str) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
     if image is None:
-        raise BagcamsError(
-            f"{path}: cannot read {what} ({'not an image' if path.is_file() else 'no such file'})"
-        )
+        raise BagcamsError(f"{path}: cannot read {what} ({_why_unreadable(path)})")
     return image
 
 
@@ -234,7 +232,5 @@ def load_image(data_root: str | Path, image_id: str) -> np.ndarray:
     path = Path(data_root) / image_id
     image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
     if image is None:
-        raise BagcamsError(
-            f"{path}: cannot read image ({'not an image' if path.is_file() else 'no such file'})"
-        )
+        raise BagcamsError(f"{path}: cannot read image ({_why_unreadable(path)})")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
