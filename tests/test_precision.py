@@ -1,0 +1,60 @@
+"""Reduced precision lives in the graph: fp16 exports verified on the CPU against the fp32 reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from bagcams_deploy.export.analytic import AnalyticCAM
+from bagcams_deploy.export.contract import read_graph_info
+from bagcams_deploy.export.onnx_export import export_onnx
+from bagcams_deploy.runtime import create_backend
+from bagcams_deploy.verify import Tolerances, random_images, verify_backend
+
+from .conftest import TEST_SIZE
+
+
+@pytest.mark.parametrize("arch,layer", [("resnet50", "layer3"), ("inception_v3", "SPG_A3_1b")])
+def test_fp16_graph_verifies_against_fp32_reference(models, tmp_path, arch, layer):
+    size = TEST_SIZE[arch]
+    path = tmp_path / f"{arch}_fp16.onnx"
+    r = export_onnx(models[arch], path, method="bagcams", target_layer=layer, input_size=size, precision="fp16")
+    info = read_graph_info(path)
+    assert info.precision == "fp16" and info.gradient_scale == r.gradient_scale > 1
+    proto = onnx.load(str(path))
+    conv_types = {
+        init.data_type for init in proto.graph.initializer if len(init.dims) == 4 and init.dims[2] * init.dims[3] > 1
+    }
+    assert conv_types == {onnx.TensorProto.FLOAT16}  # spatial conv weights are half precision
+    io_types = {v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output] if v.name != "class_id"}
+    assert io_types <= {onnx.TensorProto.FLOAT, onnx.TensorProto.INT64}  # I/O stays float32 (+ int64 ids)
+    with create_backend("ort-cpu", graph=path) as b:
+        rep = verify_backend(b, models[arch], str(path), num_random=4, seed=5)
+    assert rep.tolerances == Tolerances.for_precision("fp16")
+    worst = min(i.map_pearson for i in rep.images)
+    assert rep.passed, rep.failures
+    assert worst >= 0.995 and min(i.map_iou["0.5"] for i in rep.images) >= 0.95
+
+
+def test_gradient_scale_keeps_half_precision_gradients_out_of_underflow(models):
+    """A classifier with small weights (as trained ones often are) puts the analytic gradients below
+    half precision's subnormal range: unscaled, the fp16 backward flushes them to zero; with the
+    calibrated power of two they survive with the accuracy of the fp16 forward pass."""
+    import copy
+
+    from bagcams_deploy.export.analytic import calibrate_gradient_scale
+
+    model = copy.deepcopy(models["resnet50"])
+    with torch.no_grad():
+        model.classifier.fc.weight.mul_(1e-4)
+    x = torch.from_numpy(random_images(2, (64, 64), 1))
+    ref = AnalyticCAM(model, "gradcam", "layer3").run(x)["gradients"]
+    unscaled = AnalyticCAM(model, "gradcam", "layer3", precision="fp16").run(x)["gradients"]
+    scale = calibrate_gradient_scale(model, "gradcam", "layer3", x)
+    scaled = AnalyticCAM(model, "gradcam", "layer3", precision="fp16", gradient_scale=scale).run(x)["gradients"]
+    rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
+    assert scale >= 2**20 and np.log2(scale).is_integer()
+    assert float((unscaled == 0).float().mean()) > 0.9  # flushed to zero
+    assert rel(scaled / scale, ref) < 0.1 < rel(unscaled, ref)
