@@ -45,21 +45,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def random_case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
-    """A smooth map of 2-6 gaussian blobs plus faint noise, 1-3 GT boxes, a random top-1 outcome."""
+    """A smooth map of 2-6 gaussian blobs plus faint noise; 1-3 GT boxes around (jittered) blobs, so
+    the accuracies are in a realistic range; a random top-1 outcome."""
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
     scoremap = np.zeros((SIZE, SIZE))
+    blobs = []
     for _ in range(rng.integers(2, 7)):
         cx, cy = rng.uniform(0, SIZE, 2)
         sx, sy = rng.uniform(8, 50, 2)
         blob = np.exp(-((xx - cx) ** 2 / (2 * sx**2) + (yy - cy) ** 2 / (2 * sy**2)))
         scoremap += rng.uniform(0.3, 1.0) * blob
+        blobs.append((cx, cy, sx, sy))
     scoremap += 0.02 * cv2.GaussianBlur(rng.random((SIZE, SIZE)), (0, 0), 3)
     scoremap = (scoremap - scoremap.min()) / (scoremap.max() - scoremap.min())
     boxes = []
-    for _ in range(rng.integers(1, 4)):
-        x0, y0 = rng.integers(0, SIZE - 20, 2)
-        x1, y1 = x0 + rng.integers(10, SIZE - x0), y0 + rng.integers(10, SIZE - y0)
-        boxes.append((x0, y0, min(x1, SIZE - 1), min(y1, SIZE - 1)))
+    for cx, cy, sx, sy in blobs[: rng.integers(1, 4)]:
+        k = rng.uniform(1.0, 2.5, 4)
+        x0, y0 = max(int(cx - k[0] * sx), 0), max(int(cy - k[1] * sy), 0)
+        x1, y1 = min(int(cx + k[2] * sx), SIZE - 1), min(int(cy + k[3] * sy), SIZE - 1)
+        boxes.append((min(x0, x1), min(y0, y1), x1, y1))
     return scoremap.astype(np.float32), np.array(boxes), bool(rng.random() < 0.7)
 
 
