@@ -66,14 +66,25 @@ def machine_info() -> dict:
     return info
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return float(line.split()[1]) / 1024
     except OSError:
         pass
     return float("nan")
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM belongs to the address space, so a spawned child
+    starts afresh; ``ru_maxrss`` would carry the parent's peak across fork+exec on Linux."""
+    peak = _status_mb("VmHWM")
+    return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -125,7 +136,7 @@ def _child(job: dict, queue: mp.Queue) -> None:
         times = [run() for _ in range(job["iters"])]
         if job["backend"] != FLOOR:
             extra.update({k: v for k, v in getattr(backend, "stage_times", {}).items()})
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = peak_rss_mb()
         queue.put({"ok": True, "times": times, "peak": peak, "before": rss_before, "extra": extra})
     except Exception as exc:  # reported by the parent as one line
         queue.put({"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import sys
 import tempfile
 import time
@@ -26,13 +25,14 @@ def _export_child(ckpt: str, out: str, layer: str, queue) -> None:
     import torch
 
     torch.set_num_threads(2)
+    from bagcams_deploy.bench import peak_rss_mb
     from bagcams_deploy.export.onnx_export import export_onnx
     from bagcams_deploy.models import load_model
 
     t0 = time.perf_counter()
     r = export_onnx(load_model(ckpt), out, method="bagcams", target_layer=layer)
     queue.put({"seconds": time.perf_counter() - t0, "trace_and_check_seconds": r.seconds,
-               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "bytes": r.size_bytes})  # fmt: skip
+               "peak_rss_mb": peak_rss_mb(), "bytes": r.size_bytes})  # fmt: skip
 
 
 def measure_export(ckpt: str, out: str, layer: str) -> dict:

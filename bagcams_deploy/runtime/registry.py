@@ -75,6 +75,19 @@ def create_backend(
     raise BagcamsError(f"unknown backend {name!r}; valid: {', '.join(ALL_BACKENDS)}")
 
 
+def default_backend() -> str:
+    """The backend for a graph when none is named: ONNX Runtime on CUDA where onnxruntime-gpu sees a
+    GPU, else ONNX Runtime on the CPU (OpenVINO is available as ov-cpu; see the README's comparison)."""
+    try:
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return "ort-cuda"
+    except ImportError:
+        pass
+    return "ort-cpu"
+
+
 def parse_backends(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:

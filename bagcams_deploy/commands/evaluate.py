@@ -1,0 +1,215 @@
+"""``evaluate`` (wsolevaluation metrics over any backend or precomputed maps) and ``localize``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import BagcamsError
+from ..methods.aggregation import METHODS
+
+SUMMARY_KEYS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "pIoU", "PxAP")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)
+    app.command("localize")(localize)
+
+
+def _console() -> Console:
+    return Console(width=None if Console().is_terminal else 140)
+
+
+def summary_table(rows: dict[str, dict], title: str) -> Table:
+    t = Table(title=title)
+    t.add_column("")
+    for k in SUMMARY_KEYS:
+        t.add_column(k, justify="right")
+    for name, summary in rows.items():
+        t.add_row(name, *("-" if summary.get(k) is None else f"{summary[k]:.2f}" for k in SUMMARY_KEYS))
+    return t
+
+
+def summary_markdown(rows: dict[str, dict]) -> str:
+    keys = [k for k in SUMMARY_KEYS if any(s.get(k) is not None for s in rows.values())]
+    lines = ["| | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for name, s in rows.items():
+        lines.append(f"| {name} | " + " | ".join("-" if s.get(k) is None else f"{s[k]:.2f}" for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(
+    model: Path = typer.Option(None, "--model", help=".onnx, .plan or a checkpoint (or use --maps)"),
+    metadata: Path = typer.Option(..., "--metadata", help="wsolevaluation metadata folder of one split"),
+    data_root: Path = typer.Option(None, "--data-root", help="folder the image ids are relative to"),
+    mask_root: Path = typer.Option(None, "--mask-root", help="folder the mask paths are relative to"),
+    mask_metadata: Path = typer.Option(None, "--mask-metadata", help="metadata folder whose localization.txt lists masks"),
+    backend: str = typer.Option(None, "--backend", help="default: ort-cpu for .onnx, tensorrt for .plan, torch-reference for checkpoints"),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint (for --compare-reference)"),
+    method: str = typer.Option("bagcams", "--method", help="method when --model is a checkpoint"),
+    target_layer: str = typer.Option(None, "--target-layer", help="target layer when --model is a checkpoint"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    cam_interval: float = typer.Option(0.001, "--cam-interval", help="threshold step (0.001 as published; 0.01 faster)"),
+    single_contour: bool = typer.Option(False, "--single-contour", help="largest contour only (default: all, as MaxBoxAccV2)"),
+    maps: Path = typer.Option(None, "--maps", help="evaluate precomputed maps DIR/<image_id>.npy instead of a model"),
+    predictions: Path = typer.Option(None, "--predictions", help="with --maps: 'image_id,label' lines for Top-1 Loc"),
+    save_maps: Path = typer.Option(None, "--save-maps", help="save each map as DIR/<image_id>.npy"),
+    compare_reference: bool = typer.Option(False, "--compare-reference", help="also run the PyTorch reference"),
+    limit: int = typer.Option(None, "--limit", min=1, help="only the first N images"),
+    threads: int = typer.Option(None, "--threads"),
+    report: Path = typer.Option(None, "--report", help="JSON report (a Markdown table is written beside it)"),
+    plot: Path = typer.Option(None, "--plot", help="folder for the accuracy-vs-threshold and PR curves (PNG)"),
+) -> None:
+    """Top-1 Loc, GT-known Loc, MaxBoxAccV2 (and pIoU/PxAP with masks), wsolevaluation's definitions."""
+    from ..evaluation import load_metadata, plot_metrics
+    from ..evaluation.runner import Scorer, evaluate_backend, evaluate_maps, read_predictions
+    from ..progress import progress_bar
+    from ..runtime.open import open_model
+
+    if not 0 < cam_interval < 1:
+        raise BagcamsError(f"--cam-interval must be in (0, 1), got {cam_interval}")
+    if (model is None) == (maps is None):
+        raise BagcamsError("give exactly one of --model or --maps")
+    meta = load_metadata(metadata)
+    mask_meta = load_metadata(mask_metadata) if mask_metadata else None
+    if mask_meta is not None and mask_meta.kind != "masks":
+        raise BagcamsError(f"{mask_metadata}/localization.txt lists boxes, not masks")
+
+    def scorer() -> Scorer:
+        return Scorer(meta, mask_meta, mask_root, cam_interval, multi_contour=not single_contour)
+
+    n = min(limit, len(meta.image_ids)) if limit else len(meta.image_ids)
+    results = {}
+    with progress_bar(n, "evaluating") as advance:
+        if maps is not None:
+            preds = read_predictions(predictions) if predictions else None
+            results[str(maps)] = evaluate_maps(maps, scorer(), preds, on_image=advance)
+        else:
+            if data_root is None:
+                raise BagcamsError("--data-root is needed to read the images")
+            if model.suffix.lower() in (".pth", ".pt", ".tar") and target_layer:
+                from ..models import load_model
+
+                load_model(model).check_target_layer(target_layer)
+            b = open_model(model, backend, checkpoint, method, target_layer, threads)
+            extra = []
+            ref_scorer = None
+            if compare_reference:
+                if checkpoint is None:
+                    raise BagcamsError("--compare-reference needs --checkpoint")
+                from ..models import load_model
+                from ..runtime.torch_backends import TorchReferenceBackend
+
+                spec = b.spec
+                ref = TorchReferenceBackend(load_model(checkpoint, spec.architecture), spec.method, spec.target_layer,
+                                            input_size=spec.input_size, published_autograd=False)  # fmt: skip
+                ref_scorer = scorer()
+                extra = [(ref, ref_scorer)]
+            with b:
+                main_scorer = scorer()
+                res = evaluate_backend(b, main_scorer, data_root, batch_size, save_maps, limit, advance, extra)
+            name = f"{b.name}: {b.spec.method}@{b.spec.target_layer}"
+            results[name] = res
+            if ref_scorer is not None:
+                ref_res = ref_scorer.result(res.seconds)
+                results["torch-reference"] = ref_res
+
+    rows = {name: r.summary() for name, r in results.items()}
+    if compare_reference and len(rows) == 2:
+        (_, a), (_, b_) = rows.items()
+        rows["difference"] = {k: None if a[k] is None or b_[k] is None else a[k] - b_[k] for k in SUMMARY_KEYS}
+    console = _console()
+    first = next(iter(results.values()))
+    console.print(summary_table(rows, f"{first.count} images, interval {cam_interval}, {first.count / max(first.seconds, 1e-9):.1f} img/s"))
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"metadata": str(metadata), "cam_interval": cam_interval, "runs": {k: r.to_dict() for k, r in results.items()}}
+        report.write_text(json.dumps(payload, indent=2, default=float))
+        report.with_suffix(".md").write_text(summary_markdown(rows))
+        console.print(f"report: {report} (+ {report.with_suffix('.md').name})")
+    if plot:
+        for name, r in results.items():
+            tag = "".join(c if c.isalnum() else "_" for c in name)[:40]
+            for metrics, kind in ((r.boxes, "box_accuracy"), (r.masks, "precision_recall")):
+                if metrics is not None:
+                    plot_metrics(metrics, plot / f"{tag}_{kind}.png", title=name)
+        console.print(f"plots: {plot}")
+
+
+def localize(
+    inputs: list[Path] = typer.Argument(..., metavar="IMAGE_OR_DIR...", help="image files or folders"),
+    model: Path = typer.Option(..., "--model", help=".onnx, .plan or a checkpoint"),
+    out: Path = typer.Option(..., "--out", help="output folder"),
+    threshold: float = typer.Option(0.5, "--threshold", help="box threshold on the [0,1] map"),
+    auto: bool = typer.Option(False, "--auto", help="per-image threshold by Otsu's method instead of --threshold"),
+    multi_contour: bool = typer.Option(False, "--multi-contour", help="a box per contour (default: the largest)"),
+    backend: str = typer.Option(None, "--backend"),
+    method: str = typer.Option("bagcams", "--method", help="|".join(METHODS) + " (checkpoints only)"),
+    target_layer: str = typer.Option(None, "--target-layer", help="(checkpoints only)"),
+    class_id: int = typer.Option(None, "--class-id", help="explain this class (default: the predicted one)"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    threads: int = typer.Option(None, "--threads"),
+) -> None:
+    """Maps, boxes and pictures: per image an overlay PNG and the map (.npy); one boxes.json."""
+    from ..evaluation.boxes import boxes_from_scoremap
+    from ..preprocessing import expand_image_paths, load_image, preprocess
+    from ..progress import progress_bar
+    from ..runtime.open import open_model
+    from ..visualize import render_overlay, resize_map, save_png
+
+    if not 0 <= threshold <= 1:
+        raise BagcamsError(f"--threshold must be in [0, 1], got {threshold}")
+    paths = expand_image_paths(inputs)
+    b = open_model(model, backend, None, method, target_layer, threads)
+    spec = b.spec
+    size = spec.input_size or (224, 224)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    with b, progress_bar(len(paths), "localizing") as advance:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            rgbs = [load_image(p) for p in chunk]
+            x = preprocess(rgbs, size, spec.mean, spec.std).numpy()
+            ids = None if class_id is None else np.full(len(chunk), class_id, dtype=np.int64)
+            res = b.infer(x, ids)
+            logits = res["logits"]
+            for k, (p, rgb) in enumerate(zip(chunk, rgbs, strict=True)):
+                h, w = rgb.shape[:2]
+                full = resize_map(res["cam"][k, 0], (h, w))  # the map at the original image size
+                t = otsu_threshold(full) if auto else threshold
+                boxes = boxes_from_scoremap(full, t, multi_contour=multi_contour)
+                boxes = [list(map(int, bx)) for bx in boxes if (bx[2] > bx[0] or bx[3] > bx[1])]
+                c = int(res["class_id_used"][k])
+                prob = softmax(logits[k])[c]
+                name = spec.class_names[c] if spec.class_names and c < len(spec.class_names) else f"class {c}"
+                np.save(out / f"{p.stem}.npy", full.astype(np.float32))
+                save_png(out / f"{p.stem}_overlay.png", render_overlay(rgb, full, boxes, f"{name} {prob:.2f}"))
+                records.append({
+                    "image": str(p), "class_id": c, "class_name": name, "score": float(logits[k, c]),
+                    "probability": float(prob), "threshold": float(t), "boxes": boxes, "image_size": [w, h],
+                })  # fmt: skip
+            advance(len(chunk))
+    (out / "boxes.json").write_text(json.dumps({"model": str(model), "method": spec.method,
+                                                "target_layer": spec.target_layer, "images": records}, indent=2))  # fmt: skip
+    typer.echo(f"wrote {len(records)} overlays, maps and {out / 'boxes.json'}")
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def otsu_threshold(score_map: np.ndarray) -> float:
+    """Otsu's threshold of the map's uint8 histogram, as a fraction of the map's maximum."""
+    import cv2
+
+    img = np.uint8(np.clip(score_map, 0, 1) * 255)
+    if img.max() == 0:
+        return 1.0
+    t, _ = cv2.threshold(img, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(t) / float(img.max())

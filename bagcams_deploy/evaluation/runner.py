@@ -1,0 +1,223 @@
+"""End-to-end evaluation: maps from any backend (or precomputed files) scored image by image.
+
+wsolevaluation's protocol: the map of each image is computed for its ground-truth class (that is what
+"GT-known" means), Top-1 Loc additionally needs the predicted class to be right, and maps are scored
+at 224x224. Memory stays flat: one batch of images and the evaluators' counters at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import BagcamsError
+from ..preprocessing import preprocess
+from ..runtime.base import Backend
+from .box_metrics import BoxEvaluator, BoxMetrics
+from .boxes import RESIZE_LENGTH
+from .mask_metrics import MaskEvaluator, MaskMetrics
+from .metadata import WSOLMetadata, load_gt_mask, load_image
+
+
+@dataclass
+class EvaluationResult:
+    """Box and/or mask metrics of one run, plus classification accuracy when predictions exist."""
+
+    boxes: BoxMetrics | None
+    masks: MaskMetrics | None
+    count: int
+    top1_cls: float | None
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict[str, float | None]:
+        """The paper's table row: Top-1 Loc, GT-known Loc, MaxBoxAccV2, pIoU, PxAP (in %)."""
+        b, m = self.boxes, self.masks
+        return {
+            "Top-1 Cls": self.top1_cls,
+            "Top-1 Loc": b.top1_loc if b else None,
+            "GT-known Loc": b.gt_known_loc.get(50) if b else None,
+            "MaxBoxAccV2": b.max_box_acc_v2 if b else None,
+            "pIoU": m.piou if m else None,
+            "PxAP": m.pxap if m else None,
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "summary": self.summary(),
+            "count": self.count,
+            "seconds": self.seconds,
+            "boxes": self.boxes.to_dict() if self.boxes else None,
+            "masks": self.masks.to_dict() if self.masks else None,
+            **self.extra,
+        }
+
+
+def to_eval_size(score_map: np.ndarray) -> np.ndarray:
+    """Maps are scored at 224x224 (wsolevaluation); other graph sizes are resized bilinearly."""
+    m = np.asarray(score_map, dtype=np.float32)
+    if m.ndim == 3:
+        m = m[0]
+    if m.ndim == 2 and m.shape != (RESIZE_LENGTH, RESIZE_LENGTH):
+        m = cv2.resize(m, (RESIZE_LENGTH, RESIZE_LENGTH), interpolation=cv2.INTER_LINEAR)
+    return m  # bilinear resizing keeps [0, 1]; the evaluators validate the range
+
+
+class Scorer:
+    """The evaluators for one run: boxes when the metadata has boxes, masks when masks are given."""
+
+    def __init__(
+        self,
+        meta: WSOLMetadata,
+        mask_meta: WSOLMetadata | None = None,
+        mask_root: str | Path | None = None,
+        interval: float = 0.001,
+        multi_contour: bool = True,
+    ):
+        self.meta, self.mask_meta = meta, mask_meta
+        self.mask_root = Path(mask_root) if mask_root else None
+        if meta.kind == "masks" and mask_meta is None:
+            self.mask_meta = meta
+        if self.mask_meta is not None and self.mask_root is None:
+            raise BagcamsError("mask metadata given without --mask-root (the folder the mask paths are relative to)")
+        self.box_eval = BoxEvaluator(interval=interval, multi_contour=multi_contour) if meta.kind == "boxes" else None
+        self.mask_eval = MaskEvaluator(interval=interval) if self.mask_meta is not None else None
+        self.count = 0
+        self.correct = 0
+        self.with_predictions = 0
+
+    def add(self, image_id: str, score_map: np.ndarray, predicted: int | None) -> None:
+        m = to_eval_size(score_map)
+        label = self.meta.class_labels[image_id]
+        correct = None if predicted is None else int(predicted) == int(label)
+        if correct is not None:
+            self.with_predictions += 1
+            self.correct += int(correct)
+        if self.box_eval is not None:
+            self.box_eval.accumulate(m, self.meta.resized_boxes(image_id), pred_correct=correct)
+        if self.mask_eval is not None:
+            mm = self.mask_meta
+            assert mm is not None and self.mask_root is not None
+            if image_id not in mm.mask_paths:
+                raise BagcamsError(f"no mask for image {image_id} in {mm.root}/localization.txt")
+            self.mask_eval.accumulate(m, load_gt_mask(self.mask_root, mm.mask_paths[image_id], mm.ignore_paths.get(image_id)))
+        self.count += 1
+
+    def result(self, seconds: float = 0.0) -> EvaluationResult:
+        if self.count == 0:
+            raise BagcamsError("no image was evaluated")
+        top1 = 100.0 * self.correct / self.with_predictions if self.with_predictions == self.count else None
+        return EvaluationResult(
+            boxes=self.box_eval.compute() if self.box_eval else None,
+            masks=self.mask_eval.compute() if self.mask_eval else None,
+            count=self.count,
+            top1_cls=top1,
+            seconds=seconds,
+        )
+
+
+def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def map_path(maps_dir: Path, image_id: str) -> Path:
+    """``DIR/<image_id>.npy`` (wsolevaluation's layout), or the same without the image suffix."""
+    first = maps_dir / f"{image_id}.npy"
+    if first.is_file():
+        return first
+    second = (maps_dir / image_id).with_suffix(".npy")
+    if second.is_file():
+        return second
+    raise BagcamsError(f"no score map for image {image_id}: expected {first}")
+
+
+def evaluate_backend(
+    backend: Backend,
+    scorer: Scorer,
+    data_root: str | Path,
+    batch_size: int = 32,
+    save_maps: str | Path | None = None,
+    limit: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    extra_backends: list[tuple[Backend, Scorer]] | None = None,
+) -> EvaluationResult:
+    """Run ``backend`` over the split (GT class per image) and score; ``extra_backends`` (e.g. the
+    reference for ``--compare-reference``) see exactly the same images and class ids."""
+    import time
+
+    spec = backend.spec
+    size = spec.input_size or (RESIZE_LENGTH, RESIZE_LENGTH)
+    ids = scorer.meta.image_ids[:limit] if limit else scorer.meta.image_ids
+    out_dir = Path(save_maps) if save_maps else None
+    t0 = time.perf_counter()
+    for chunk in _batches(ids, batch_size):
+        rgbs = [load_image(data_root, i) for i in chunk]
+        x = preprocess(rgbs, size, spec.mean, spec.std).numpy()
+        labels = np.array([scorer.meta.class_labels[i] for i in chunk], dtype=np.int64)
+        bad = labels[labels >= spec.num_classes]
+        if bad.size:
+            raise BagcamsError(f"label {int(bad[0])} in the metadata but the model has {spec.num_classes} classes")
+        for b, sc in [(backend, scorer), *(extra_backends or [])]:
+            out = b.infer(x, labels)
+            preds = out["logits"].argmax(1)
+            for k, image_id in enumerate(chunk):
+                sc.add(image_id, out["cam"][k], int(preds[k]))
+                if out_dir is not None and b is backend:
+                    path = out_dir / f"{image_id}.npy"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(path, to_eval_size(out["cam"][k]))
+        if on_batch:
+            on_batch(len(chunk))
+    return scorer.result(time.perf_counter() - t0)
+
+
+def read_predictions(path: str | Path) -> dict[str, int]:
+    """``image_id,predicted_label`` per line (for Top-1 Loc of precomputed maps)."""
+    preds: dict[str, int] = {}
+    p = Path(path)
+    if not p.is_file():
+        raise BagcamsError(f"predictions file not found: {p}")
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = [s.strip() for s in line.split(",")]
+        if len(parts) != 2:
+            raise BagcamsError(f"{p}:{n}: expected 'image_id,predicted_label', got {line!r}")
+        try:
+            preds[parts[0]] = int(parts[1])
+        except ValueError:
+            raise BagcamsError(f"{p}:{n}: predicted label {parts[1]!r} is not an integer") from None
+    return preds
+
+
+def evaluate_maps(
+    maps_dir: str | Path,
+    scorer: Scorer,
+    predictions: dict[str, int] | None = None,
+    on_image: Callable[[int], None] | None = None,
+) -> EvaluationResult:
+    """Score precomputed maps (any tool's) in wsolevaluation's ``DIR/<image_id>.npy`` layout."""
+    import time
+
+    maps_dir = Path(maps_dir)
+    if not maps_dir.is_dir():
+        raise BagcamsError(f"maps folder not found: {maps_dir}")
+    t0 = time.perf_counter()
+    for image_id in scorer.meta.image_ids:
+        path = map_path(maps_dir, image_id)
+        try:
+            m = np.load(path)
+        except Exception as exc:
+            raise BagcamsError(f"cannot read score map {path}: {str(exc).splitlines()[0]}") from None
+        pred = predictions.get(image_id) if predictions is not None else None
+        if predictions is not None and pred is None:
+            raise BagcamsError(f"no prediction for image {image_id} in the predictions file")
+        scorer.add(image_id, m, pred)
+        if on_image:
+            on_image(1)
+    return scorer.result(time.perf_counter() - t0)
