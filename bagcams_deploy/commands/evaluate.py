@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -156,60 +155,15 @@ def localize(
     threads: int = typer.Option(None, "--threads"),
 ) -> None:
     """Maps, boxes and pictures: per image an overlay PNG and the map (.npy); one boxes.json."""
-    from ..evaluation.boxes import boxes_from_scoremap
-    from ..preprocessing import expand_image_paths, load_image, preprocess
+    from ..localize import localize_images
+    from ..preprocessing import expand_image_paths
     from ..progress import progress_bar
     from ..runtime.open import open_model
-    from ..visualize import render_overlay, resize_map, save_png
 
     if not 0 <= threshold <= 1:
         raise BagcamsError(f"--threshold must be in [0, 1], got {threshold}")
     paths = expand_image_paths(inputs)
     b = open_model(model, backend, None, method, target_layer, threads)
-    spec = b.spec
-    size = spec.input_size or (224, 224)
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
     with b, progress_bar(len(paths), "localizing") as advance:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            rgbs = [load_image(p) for p in chunk]
-            x = preprocess(rgbs, size, spec.mean, spec.std).numpy()
-            ids = None if class_id is None else np.full(len(chunk), class_id, dtype=np.int64)
-            res = b.infer(x, ids)
-            logits = res["logits"]
-            for k, (p, rgb) in enumerate(zip(chunk, rgbs, strict=True)):
-                h, w = rgb.shape[:2]
-                full = resize_map(res["cam"][k, 0], (h, w))  # the map at the original image size
-                t = otsu_threshold(full) if auto else threshold
-                boxes = boxes_from_scoremap(full, t, multi_contour=multi_contour)
-                boxes = [list(map(int, bx)) for bx in boxes if (bx[2] > bx[0] or bx[3] > bx[1])]
-                c = int(res["class_id_used"][k])
-                prob = softmax(logits[k])[c]
-                name = spec.class_names[c] if spec.class_names and c < len(spec.class_names) else f"class {c}"
-                np.save(out / f"{p.stem}.npy", full.astype(np.float32))
-                save_png(out / f"{p.stem}_overlay.png", render_overlay(rgb, full, boxes, f"{name} {prob:.2f}"))
-                records.append({
-                    "image": str(p), "class_id": c, "class_name": name, "score": float(logits[k, c]),
-                    "probability": float(prob), "threshold": float(t), "boxes": boxes, "image_size": [w, h],
-                })  # fmt: skip
-            advance(len(chunk))
-    (out / "boxes.json").write_text(json.dumps({"model": str(model), "method": spec.method,
-                                                "target_layer": spec.target_layer, "images": records}, indent=2))  # fmt: skip
-    typer.echo(f"wrote {len(records)} overlays, maps and {out / 'boxes.json'}")
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max())
-    return e / e.sum()
-
-
-def otsu_threshold(score_map: np.ndarray) -> float:
-    """Otsu's threshold of the map's uint8 histogram, as a fraction of the map's maximum."""
-    import cv2
-
-    img = np.uint8(np.clip(score_map, 0, 1) * 255)
-    if img.max() == 0:
-        return 1.0
-    t, _ = cv2.threshold(img, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return float(t) / float(img.max())
+        records = localize_images(b, paths, out, None if auto else threshold, multi_contour, class_id, batch_size, advance)
+    typer.echo(f"wrote {len(records)} overlays and maps, and {out / 'boxes.json'}")

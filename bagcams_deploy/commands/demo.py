@@ -1,0 +1,160 @@
+"""``demo``: the whole product on the shipped model, no download: export, verify, localize, evaluate
+every method, benchmark the CPU backends. Everything lands in one folder with a summary."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from ..errors import BagcamsError
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)
+
+
+METHOD_ORDER = ("cam", "gradcam", "gradcampp", "pcs", "bagcams")
+
+
+def run_demo_evaluation(
+    checkpoint: Path,
+    data_root: Path,
+    out: Path,
+    methods: tuple[str, ...] = METHOD_ORDER,
+    target_layer: str = "layer3",
+    cam_interval: float = 0.001,
+    limit: int | None = None,
+    threads: int | None = None,
+    console: Console | None = None,
+) -> dict[str, dict]:
+    """Export each method's graph and evaluate it with ``ort-cpu`` on the generated test split."""
+    from ..evaluation import load_metadata
+    from ..evaluation.runner import Scorer, evaluate_backend
+    from ..export.onnx_export import export_onnx
+    from ..models import load_model
+    from ..progress import progress_bar
+    from ..runtime import create_backend
+
+    model = load_model(checkpoint)
+    meta = load_metadata(data_root / "metadata" / "test")
+    mask_meta = load_metadata(data_root / "metadata_masks" / "test")
+    n = min(limit, len(meta.image_ids)) if limit else len(meta.image_ids)
+    rows: dict[str, dict] = {}
+    for method in methods:
+        graph = out / f"model_{method}.onnx"
+        export_onnx(model, graph, method=method, target_layer=target_layer)
+        scorer = Scorer(meta, mask_meta, data_root / "masks", cam_interval)
+        with create_backend("ort-cpu", graph=graph, threads=threads) as b, progress_bar(n, f"evaluate {method}") as adv:
+            res = evaluate_backend(b, scorer, data_root / "images", batch_size=16, limit=limit, on_batch=adv)
+        rows[method] = res.summary()
+        graph.unlink()  # the graphs are large and rebuilt in seconds
+        if console:
+            s = rows[method]
+            console.print(
+                f"  {method:<10} Top-1 Loc {s['Top-1 Loc']:.2f}  GT-known {s['GT-known Loc']:.2f}  "
+                f"MaxBoxAccV2 {s['MaxBoxAccV2']:.2f}  pIoU {s['pIoU']:.2f}  PxAP {s['PxAP']:.2f}",
+                highlight=False,
+            )
+    return rows
+
+
+def demo(
+    out: Path = typer.Option(Path("demo-output"), "--out", help="where everything is written"),
+    num_test: int = typer.Option(200, "--num-test", min=10, help="test scenes to evaluate on"),
+    num_localize: int = typer.Option(8, "--num-localize", min=1, help="scenes to draw overlays for"),
+    cam_interval: float = typer.Option(0.001, "--cam-interval"),
+    threads: int = typer.Option(2, "--threads"),
+    skip_bench: bool = typer.Option(False, "--skip-bench", help="leave out the CPU benchmark"),
+) -> None:
+    """Run the shipped scene model through export, verify, localize, evaluate and bench (~5 min, 2 cores)."""
+    from ..bench import run_benchmark
+    from ..commands.evaluate import summary_markdown, summary_table
+    from ..export.onnx_export import export_onnx
+    from ..methods.aggregation import METHOD_LABELS
+    from ..preprocessing import expand_image_paths
+    from ..runtime import create_backend
+    from ..scenes import write_dataset
+    from ..verify import verify_backend
+
+    try:
+        from ..demo_model import DEMO_DATA_SEED, load_demo_model, write_demo_checkpoint
+    except ImportError as exc:
+        raise BagcamsError(f"the demo model is not part of this installation ({exc})") from None
+
+    console = Console(width=None if Console().is_terminal else 140)
+    t_start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict = {}
+
+    console.rule("1/6  the shipped model")
+    ckpt = write_demo_checkpoint(out / "scenes_resnet18.pth")
+    model = load_demo_model()
+    console.print(f"{ckpt}: {model.architecture}, {model.num_classes} classes: {', '.join(model.class_names or ())}")
+
+    console.rule("2/6  generated test scenes (seeded, the split the model was tested on)")
+    data = out / "scenes"
+    write_dataset(data, {"train": 0, "val": 0, "test": num_test}, seed=DEMO_DATA_SEED)
+    console.print(f"{num_test} test scenes with boxes and masks under {data}")
+
+    console.rule("3/6  export BagCAMs (layer3) to ONNX and verify it against the PyTorch reference")
+    graph = out / "scenes_resnet18_bagcams.onnx"
+    r = export_onnx(model, graph, method="bagcams", target_layer="layer3")
+    console.print(f"{graph}: {r.size_bytes / 1e6:.0f} MB in {r.seconds:.1f}s; outputs {', '.join(r.outputs)}")
+    scene_paths = expand_image_paths([data / "images" / "test"])[:4]
+    with create_backend("ort-cpu", graph=graph, threads=threads) as b:
+        rep = verify_backend(b, model, str(graph), scene_paths, num_random=4)
+    worst = min(i.map_pearson for i in rep.images)
+    console.print(
+        f"verify ort-cpu vs torch-reference on {len(rep.images)} images: worst map Pearson {worst:.6f}, "
+        f"worst pixels off {max(i.map_pixels_off for i in rep.images):.3%}, boxes changed on "
+        f"{sum(not i.boxes_equal for i in rep.images)}: " + ("PASS" if rep.passed else "FAIL")
+    )
+    summary["verify"] = {"passed": rep.passed, "worst_pearson": worst, "failures": rep.failures}
+
+    console.rule("4/6  localize a few scenes (overlays with boxes)")
+    from ..localize import localize_images
+
+    shown = expand_image_paths([data / "images" / "test"])[:num_localize]
+    with create_backend("ort-cpu", graph=graph, threads=threads) as b:
+        recs = localize_images(b, shown, out / "localize", threshold=0.5)
+    from ..evaluation import load_metadata
+
+    labels = load_metadata(data / "metadata" / "test").class_labels
+    right = sum(r["class_id"] == labels[str(Path(r["image"]).relative_to(data / "images"))] for r in recs)
+    console.print(f"{len(recs)} overlays with boxes in {out / 'localize'}; {right}/{len(recs)} classified right")
+
+    console.rule("5/6  evaluate CAM, GradCAM, GradCAM++, PCS and BagCAMs on the test split")
+    rows = run_demo_evaluation(ckpt, data, out, cam_interval=cam_interval, threads=threads, console=console)
+    labelled = {METHOD_LABELS[m]: s for m, s in rows.items()}
+    console.print(summary_table(labelled, f"{num_test} generated test scenes, resnet18 (layer3 for gradient methods)"))
+    (out / "evaluation.md").write_text(summary_markdown(labelled))
+    summary["evaluation"] = rows
+
+    if not skip_bench:
+        console.rule("6/6  benchmark the CPU backends (batch 1 and 8)")
+        backends = ["torch-reference", "torch-analytic", "ort-cpu"]
+        try:
+            import openvino  # noqa: F401
+
+            backends.append("ov-cpu")
+        except ImportError:
+            pass
+
+        def show(row) -> None:
+            console.print(f"  {row.backend:<18} batch {row.batch_size}: p50 {row.p50_ms:7.1f} ms, "
+                          f"{row.images_per_s:6.1f} img/s", highlight=False)  # fmt: skip
+
+        bench = run_benchmark(str(graph), str(ckpt), backends, [1, 8], warmup=1, iters=5, threads=threads, on_row=show)
+        (out / "bench.json").write_text(json.dumps(bench, indent=2))
+        summary["bench"] = bench["ratios"]
+    summary["seconds"] = time.perf_counter() - t_start
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    console.rule(f"done in {summary['seconds']:.0f}s")
+    console.print(f"overlays: {out / 'localize'}; table: {out / 'evaluation.md'}; summary: {out / 'summary.json'}")
+    if not rep.passed:
+        raise typer.Exit(1)
+
