@@ -1,0 +1,112 @@
+"""evaluate and localize end to end: a tiny generated data set in the wsolevaluation layout, scored
+through the ONNX backend, through precomputed maps, and against the reference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bagcams_deploy.export.onnx_export import export_onnx
+from bagcams_deploy.models import build_model, save_checkpoint
+from bagcams_deploy.scenes import write_dataset
+
+from .test_cli import assert_one_line_error
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    data = write_dataset(root / "scenes", {"train": 0, "val": 0, "test": 6}, seed=4, size=96)
+    model = build_model("resnet18", 10, seed=2, randomize_batchnorm=True)
+    ckpt = save_checkpoint(model, root / "m.pth")
+    graph = root / "m.onnx"
+    export_onnx(model, graph, method="gradcam", target_layer="layer3", input_size=64)
+    return {"root": root, "data": data, "ckpt": ckpt, "graph": graph}
+
+
+def _args(s, *extra):
+    d = s["data"]
+    return ["evaluate", "--metadata", d / "metadata" / "test", "--data-root", d / "images",
+            "--mask-metadata", d / "metadata_masks" / "test", "--mask-root", d / "masks", "--cam-interval", "0.01",
+            *extra]  # fmt: skip
+
+
+def test_evaluate_onnx_then_precomputed_maps_give_the_same_numbers(cli, setup, tmp_path):
+    report, maps = tmp_path / "r.json", tmp_path / "maps"
+    r = cli(*_args(setup, "--model", setup["graph"], "--save-maps", maps, "--report", report, "--plot", tmp_path / "plots",
+                   "--compare-reference", "--checkpoint", setup["ckpt"], "--batch-size", "4"))  # fmt: skip
+    assert r.code == 0, r.err
+    rep = json.loads(report.read_text())
+    runs = rep["runs"]
+    main, ref = runs["ort-cpu: gradcam@layer3"]["summary"], runs["torch-reference"]["summary"]
+    for k in ("Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "pIoU", "PxAP", "Top-1 Cls"):
+        assert main[k] is not None and 0 <= main[k] <= 100
+        assert abs(main[k] - ref[k]) < 0.5  # deployment costs no localisation accuracy (in % points)
+    assert "difference" in r.out and "| difference |" in report.with_suffix(".md").read_text()
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 4
+    saved = sorted(maps.rglob("*.npy"))
+    assert len(saved) == 6 and np.load(saved[0]).shape == (224, 224)
+    # The same maps, precomputed, scored by --maps (predictions from the first run's classes are not
+    # available, so no Top-1 here): identical box and mask metrics.
+    report2 = tmp_path / "r2.json"
+    r2 = cli(*_args(setup, "--maps", maps, "--report", report2))
+    assert r2.code == 0, r2.err
+    again = next(iter(json.loads(report2.read_text())["runs"].values()))["summary"]
+    for k in ("GT-known Loc", "MaxBoxAccV2", "pIoU", "PxAP"):
+        assert again[k] == pytest.approx(main[k], abs=1e-9)
+    assert again["Top-1 Loc"] is None
+    preds = tmp_path / "preds.csv"
+    ids = (setup["data"] / "metadata" / "test" / "image_ids.txt").read_text().split()
+    labels = dict(line.split(",") for line in (setup["data"] / "metadata" / "test" / "class_labels.txt").read_text().split())
+    preds.write_text("\n".join(f"{i},{labels[i]}" for i in ids))  # an oracle classifier
+    r3 = cli(*_args(setup, "--maps", maps, "--predictions", preds, "--report", tmp_path / "r3.json"))
+    s3 = next(iter(json.loads((tmp_path / "r3.json").read_text())["runs"].values()))["summary"]
+    assert r3.code == 0 and s3["Top-1 Loc"] == pytest.approx(s3["GT-known Loc"]) and s3["Top-1 Cls"] == 100.0
+
+
+def test_evaluate_bad_input(cli, setup, tmp_path):
+    d = setup["data"]
+    assert_one_line_error(cli(*_args(setup)), "give exactly one of --model or --maps")
+    assert_one_line_error(cli(*_args(setup, "--model", setup["graph"], "--maps", tmp_path)), "exactly one")
+    assert_one_line_error(cli("evaluate", "--metadata", tmp_path, "--maps", tmp_path), "image_ids.txt")
+    assert_one_line_error(cli(*_args(setup, "--maps", tmp_path / "nomaps")), "maps folder not found")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(cli(*_args(setup, "--maps", tmp_path / "empty")), "no score map for image")
+    assert_one_line_error(
+        cli("evaluate", "--metadata", d / "metadata" / "test", "--mask-metadata", d / "metadata_masks" / "test",
+            "--maps", tmp_path), "--mask-root")  # fmt: skip
+    five = save_checkpoint(build_model("resnet18", 5, seed=1), tmp_path / "five.pth")
+    g5 = tmp_path / "five.onnx"
+    export_onnx(build_model("resnet18", 5, seed=1), g5, input_size=64)
+    assert_one_line_error(cli(*_args(setup, "--model", g5)), "the model has 5 classes")
+    assert five.exists()
+    assert_one_line_error(cli(*_args(setup, "--model", setup["graph"], "--cam-interval", "2")), "--cam-interval")
+
+
+def test_localize_writes_overlays_maps_and_boxes(cli, setup, tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 150, 3), dtype=np.uint8)).save(imgs / "wide.png")
+    src = sorted((setup["data"] / "images" / "test").glob("*.png"))[0]
+    Image.open(src).save(imgs / "scene.jpg")
+    out = tmp_path / "loc"
+    r = cli("localize", imgs, "--model", setup["graph"], "--out", out, "--auto", "--multi-contour")
+    assert r.code == 0, r.err
+    doc = json.loads((out / "boxes.json").read_text())
+    assert doc["method"] == "gradcam" and len(doc["images"]) == 2
+    wide = next(rec for rec in doc["images"] if rec["image"].endswith("wide.png"))
+    assert wide["image_size"] == [150, 90] and 0 < wide["threshold"] <= 1 and 0 <= wide["probability"] <= 1
+    for x0, y0, x1, y1 in wide["boxes"]:  # boxes in original-image pixels
+        assert 0 <= x0 <= x1 < 150 and 0 <= y0 <= y1 < 90
+    assert np.load(out / "wide.npy").shape == (90, 150)
+    with Image.open(out / "wide_overlay.png") as im:
+        assert im.size == (150, 90)
+    r2 = cli("localize", imgs / "wide.png", "--model", setup["graph"], "--out", tmp_path / "l2", "--threshold", "0.3",
+             "--class-id", "4")  # fmt: skip
+    assert r2.code == 0 and json.loads((tmp_path / "l2" / "boxes.json").read_text())["images"][0]["class_id"] == 4
+    assert_one_line_error(cli("localize", imgs, "--model", tmp_path / "none.onnx", "--out", out), "model not found")
+    assert_one_line_error(cli("localize", imgs, "--model", setup["graph"], "--out", out, "--threshold", "1.5"), "--threshold")
+    assert_one_line_error(cli("localize", imgs, "--model", setup["graph"], "--out", out, "--class-id", "10"), "out of range")
