@@ -61,7 +61,7 @@ def verify(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="the PyTorch checkpoint it was exported from"),
     images: Path = typer.Option(None, "--images", help="folder (or file) of real images to check as well"),
     num_random: int = typer.Option(8, "--num-random", min=0, help="fresh random images drawn this run"),
-    backend: str = typer.Option("ort-cpu", "--backend", help="backend under test"),
+    backend: str = typer.Option(None, "--backend", help="backend under test (default: ort-cuda with a GPU, else ort-cpu)"),
     exact: bool = typer.Option(False, "--exact", help="ONNX Runtime with graph optimisations off"),
     seed: int = typer.Option(None, "--seed", help="fix the random images (default: fresh each run)"),
     threads: int = typer.Option(None, "--threads"),
@@ -84,7 +84,9 @@ def verify(
         check_checkpoint_matches(str(model_path), model)
     else:
         model = load_model(checkpoint)
-    b = create_backend(backend, graph=model_path, model=model, threads=threads, exact=exact)
+    from ..runtime.registry import default_backend
+
+    b = create_backend(backend or default_backend(), graph=model_path, model=model, threads=threads, exact=exact)
     precision = getattr(getattr(b, "info", None), "precision", "fp32")
     tol = Tolerances.for_precision(precision)
     for name, value in (("map_pearson", pearson), ("map_iou50", iou50), ("gradient_rel_l2", grad_rel),

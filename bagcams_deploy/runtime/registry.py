@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,7 @@ GRAPH_BACKENDS: dict[str, tuple[str, str, str]] = {
 MODEL_BACKENDS: dict[str, str] = {
     "torch-reference": "PyTorch autograd reference (published semantics)",
     "torch-analytic": "the analytic graph as a PyTorch module",
+    "torch-analytic-cudagraph": "the analytic graph on CUDA, captured once as a CUDA graph",
 }
 ALL_BACKENDS = tuple(MODEL_BACKENDS) + tuple(GRAPH_BACKENDS)
 
@@ -70,8 +72,12 @@ def create_backend(
             torch.set_num_threads(threads)
         from .torch_backends import TorchAnalyticBackend, TorchReferenceBackend
 
-        cls = TorchReferenceBackend if name == "torch-reference" else TorchAnalyticBackend
-        return cls(model, method or "bagcams", target_layer, input_size=size, device=device)
+        if name == "torch-reference":
+            return TorchReferenceBackend(model, method or "bagcams", target_layer, input_size=size, device=device)
+        if name == "torch-analytic-cudagraph":
+            return TorchAnalyticBackend(model, method or "bagcams", target_layer, input_size=size,
+                                        device="cuda" if device == "cpu" else device, cuda_graph=True)  # fmt: skip
+        return TorchAnalyticBackend(model, method or "bagcams", target_layer, input_size=size, device=device)
     raise BagcamsError(f"unknown backend {name!r}; valid: {', '.join(ALL_BACKENDS)}")
 
 
@@ -86,6 +92,32 @@ def default_backend() -> str:
     except ImportError:
         pass
     return "ort-cpu"
+
+
+def available_backends(graph: str | Path | None = None) -> list[str]:
+    """The backends that can run here (used to pick benchmark/verify defaults): CPU ones always, GPU
+    ones when their packages and a device are present."""
+    names = ["torch-reference", "torch-analytic", "ort-cpu"]
+    if importlib.util.find_spec("openvino") is not None:
+        names.append("ov-cpu")
+    try:
+        import onnxruntime as ort
+
+        providers = ort.get_available_providers()
+        names += [n for n, p in (("ort-cuda", "CUDAExecutionProvider"), ("ort-trt", "TensorrtExecutionProvider"))
+                  if p in providers]  # fmt: skip
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            names.append("torch-analytic-cudagraph")
+    except ImportError:
+        pass
+    if graph is not None and str(graph).endswith((".plan", ".engine")):
+        names = [n for n in names if n.startswith("torch")] + ["tensorrt", "tensorrt-cam"]
+    return names
 
 
 def parse_backends(text: str) -> list[str]:
