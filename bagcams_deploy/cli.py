@@ -35,27 +35,19 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
-    """Console-script entry point: one-line errors, never a traceback for user mistakes."""
+    """Console-script entry point: one-line errors, never a traceback for user mistakes.
+
+    Typer runs in standalone mode, so usage errors and ``--help`` are its own (exit 2 and 0); our
+    error type propagates out of it and is printed here as one line with exit 1.
+    """
     try:
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
+        app()
     except BagcamsError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
 
 
 if __name__ == "__main__":

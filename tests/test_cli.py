@@ -173,3 +173,12 @@ def test_bench_reports_rows_ratios_and_machine(cli, checkpoints, exported, tmp_p
         assert row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"] and row["peak_rss_mb"] > 0
     assert "speedup_vs_torch_reference" in rep["ratios"]["ort-cpu@2"] and "x_forward_only" in rep["ratios"]["ort-cpu@1"]
     assert rep["machine"]["onnxruntime"] and rep["threads"] == 1
+
+
+def test_usage_errors_and_help(cli):
+    r = cli("export")
+    assert r.code == 2 and "Missing argument" in r.out + r.err and "Traceback" not in r.out + r.err
+    h = cli("--help")
+    assert h.code == 0
+    for command in ("info", "cam", "export", "verify", "bench", "evaluate", "localize", "demo"):
+        assert command in h.out
