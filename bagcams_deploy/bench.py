@@ -121,7 +121,12 @@ def _child(job: dict, queue: mp.Queue) -> None:
             wants_model = job["backend"].startswith("torch")
             model = load_model(job["checkpoint"]) if wants_model and job["checkpoint"] else None
             backend = create_backend(
-                job["backend"], graph=job["model"], model=model, threads=threads, exact=job["exact"], device=job["device"]
+                job["backend"],
+                graph=job["model"],
+                model=model,
+                threads=threads,
+                exact=job["exact"],
+                device=job["device"],
             )
             backend.activate()
             rss_before = _rss_mb()
@@ -151,7 +156,9 @@ def _run_isolated(job: dict, timeout: float) -> dict:
         result = queue.get(timeout=timeout)
     except Exception:
         proc.kill()
-        raise BagcamsError(f"benchmark of {job['backend']} at batch {job['batch']} timed out after {timeout:.0f}s") from None
+        raise BagcamsError(
+            f"benchmark of {job['backend']} at batch {job['batch']} timed out after {timeout:.0f}s"
+        ) from None
     proc.join()
     return result
 
@@ -178,7 +185,7 @@ def run_benchmark(
     if any(b.startswith("torch") for b in backends) and not checkpoint:
         raise BagcamsError("torch backends need --checkpoint")
     info = read_graph_info(model_path) if model_path.endswith(".onnx") else None
-    size = (info.input_size if info and info.input_size else (224, 224))
+    size = info.input_size if info and info.input_size else (224, 224)
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory() as tmp:
         floor_path = None

@@ -45,9 +45,7 @@ def openvino_lib_dir() -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bagcams_deploy.cpp_support", description=__doc__)
     group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument(
-        "--cmake-prefix", action="store_true", help="print the CMake prefix path (OpenVINO_DIR)"
-    )
+    group.add_argument("--cmake-prefix", action="store_true", help="print the CMake prefix path (OpenVINO_DIR)")
     group.add_argument("--lib-dir", action="store_true", help="print the folder of the OpenVINO libraries")
     group.add_argument("--example-dir", action="store_true", help="print the C++ example's source folder")
     args = parser.parse_args(argv)

@@ -56,7 +56,9 @@ def localize_images(
             h, w = rgb.shape[:2]
             full = resize_map(res["cam"][k, 0], (h, w))
             t = otsu_threshold(full) if threshold is None else threshold
-            boxes = [list(map(int, b)) for b in boxes_from_scoremap(full, t, multi_contour) if b[2] > b[0] or b[3] > b[1]]
+            boxes = [
+                list(map(int, b)) for b in boxes_from_scoremap(full, t, multi_contour) if b[2] > b[0] or b[3] > b[1]
+            ]
             c = int(res["class_id_used"][k])
             prob = float(softmax(logits[k])[c])
             name = spec.class_names[c] if spec.class_names and c < len(spec.class_names) else f"class {c}"
@@ -68,6 +70,11 @@ def localize_images(
             })  # fmt: skip
         if on_batch:
             on_batch(len(chunk))
-    doc = {"method": spec.method, "target_layer": spec.target_layer, "backend": backend.name, "images": records}
+    doc = {
+        "method": spec.method,
+        "target_layer": spec.target_layer,
+        "backend": backend.name,
+        "images": records,
+    }
     (out / "boxes.json").write_text(json.dumps(doc, indent=2))
     return records

@@ -55,9 +55,7 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR), dtype=np.uint8)
 
 
-def normalize(
-    rgb: np.ndarray, mean: Sequence[float] = MEAN, std: Sequence[float] = STD
-) -> np.ndarray:
+def normalize(rgb: np.ndarray, mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> np.ndarray:
     """uint8 RGB [H,W,3] -> float32 [3,H,W], scaled to [0,1] then normalised."""
     x = rgb.astype(np.float32) / 255.0
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)

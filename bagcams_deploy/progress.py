@@ -36,7 +36,13 @@ def progress_bar(total: int, description: str, unit: str = "img", enabled: bool 
     if not show:
         yield lambda n=1: None
         return
-    cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit), TimeRemainingColumn()]
+    cols = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeRemainingColumn(),
+    ]
     with Progress(*cols, console=console, transient=False) as prog:
         task = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(task, n)

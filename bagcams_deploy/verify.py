@@ -202,7 +202,9 @@ def compare_outputs(
         if rep.map_pearson < tol.map_pearson:
             f.append(f"map Pearson {rep.map_pearson:.5f} < {tol.map_pearson}")
         if rep.map_pixels_off > tol.map_pixels_off:
-            f.append(f"{rep.map_pixels_off:.2%} of map pixels off by > {tol.map_pixel_delta} (max {tol.map_pixels_off:.0%})")
+            f.append(
+                f"{rep.map_pixels_off:.2%} of map pixels off by > {tol.map_pixel_delta} (max {tol.map_pixels_off:.0%})"
+            )
         if rep.map_iou["0.5"] < tol.map_iou50:
             f.append(f"map IoU@0.5 {rep.map_iou['0.5']:.4f} < {tol.map_iou50}")
         if rep.box_iou < tol.box_iou:
@@ -272,7 +274,10 @@ def verify_backend(
         frozen_any = frozen_any or frozen
     failures = [f"image {r.index} ({r.source}): {msg}" for r in reports for msg in r.failures]
     if frozen_any:
-        failures.insert(0, "gradients are the same for every input (frozen by tracing?): the graph does not recompute them")
+        failures.insert(
+            0,
+            "gradients are the same for every input (frozen by tracing?): the graph does not recompute them",
+        )
     nonpos = [r.index for r in reports if r.score <= 0]
     return VerifyReport(
         model=graph,

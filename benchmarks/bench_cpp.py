@@ -106,9 +106,7 @@ def write_images(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-def time_backend(
-    backend, x: np.ndarray, warmup: int, iters: int
-) -> tuple[list[float], dict[str, np.ndarray]]:
+def time_backend(backend, x: np.ndarray, warmup: int, iters: int) -> tuple[list[float], dict[str, np.ndarray]]:
     out: dict[str, np.ndarray] = {}
     for _ in range(warmup):
         backend.infer(x)
@@ -141,9 +139,7 @@ def summary(times: list[float]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default=platform.node() or "cpu", help="suffix of the result files")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=3, help="timed inferences per runtime, batch and round")
@@ -188,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         if run.returncode != 0:
             raise SystemExit(f"bagcams_localize failed: {run.stderr.strip()}")
-        return next(json.loads(line[6:]) for line in run.stdout.splitlines() if line.startswith("bench "))[
-            "times_ms"
-        ]
+        return next(json.loads(line[6:]) for line in run.stdout.splitlines() if line.startswith("bench "))["times_ms"]
 
     # Rounds interleave the runtimes so that load from other processes spreads over all of them.
     backends = {
@@ -247,8 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     env["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     RESULTS.mkdir(parents=True, exist_ok=True)
     fastest = {
-        r["batch"]: min(("cpp_ov", "python_ov_cpu", "python_ort_cpu"), key=lambda k: r[k]["median_ms"])
-        for r in rows
+        r["batch"]: min(("cpp_ov", "python_ov_cpu", "python_ort_cpu"), key=lambda k: r[k]["median_ms"]) for r in rows
     }
     (RESULTS / f"cpp_{args.name}.json").write_text(
         json.dumps(
@@ -256,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 "benchmark": "C++ example (OpenVINO) vs Python ov-cpu: the Python layer's cost",
                 "setup": setup,
                 "environment": env,
-                "results": [
-                    {k: r[k] for k in ("batch", "cpp_ov", "python_ov_cpu", "cpp_vs_ort_maps")} for r in rows
-                ],
+                "results": [{k: r[k] for k in ("batch", "cpp_ov", "python_ov_cpu", "cpp_vs_ort_maps")} for r in rows],
             },
             indent=2,
         )

@@ -51,16 +51,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--channels", type=int, default=1024, help="K")
     p.add_argument("--feature-size", type=int, default=28, help="h = w")
     p.add_argument("--out-size", type=int, default=224, help="H = W")
-    p.add_argument(
-        "--gradient-scale", type=float, default=None, help="default: 1 for float32, 1024 for float16"
-    )
+    p.add_argument("--gradient-scale", type=float, default=None, help="default: 1 for float32, 1024 for float16")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--copy-mib", type=int, default=1024, help="size of the D2D copy buffer")
     p.add_argument("--no-check", action="store_true", help="skip the accuracy check against torch")
-    p.add_argument(
-        "--output", type=Path, default=None, help="JSON path (default: results/kernel_<device>.json)"
-    )
+    p.add_argument("--output", type=Path, default=None, help="JSON path (default: results/kernel_<device>.json)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -152,9 +148,7 @@ def torch_oracle():
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
-        )
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -194,17 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     k, hw, out = args.channels, args.feature_size, args.out_size
     rng = np.random.default_rng(args.seed)
     rows = []
-    header = (
-        f"{'method':<10} {'dtype':<8} {'N':>3} {'path':<5} {'ms':>9} {'GB/s':>8} {'%copy':>6} {'max err':>9}"
-    )
+    header = f"{'method':<10} {'dtype':<8} {'N':>3} {'path':<5} {'ms':>9} {'GB/s':>8} {'%copy':>6} {'max err':>9}"
     print(header)
     print("-" * len(header))
     for dtype in args.dtypes:
-        scale = (
-            args.gradient_scale
-            if args.gradient_scale is not None
-            else (1.0 if dtype == "float32" else 1024.0)
-        )
+        scale = args.gradient_scale if args.gradient_scale is not None else (1.0 if dtype == "float32" else 1024.0)
         for n in args.batches:
             shape = (n, k, hw, hw)
             f, g = make_inputs(shape, dtype, scale, rng)

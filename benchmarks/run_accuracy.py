@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -68,16 +69,19 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "accuracy.json").write_text(json.dumps({"seed": args.seed, "method": args.method, "rows": rows}, indent=2))
     lines = [
-        "| model | graph | worst map Pearson | worst IoU@0.5 | worst share of pixels off > 0.01 | worst max abs map diff "
-        "| worst gradient rel L2 | boxes changed | verify |",
+        "| model | graph | worst map Pearson | worst IoU@0.5 | worst share of pixels off > 0.01 "
+        "| worst max abs map diff | worst gradient rel L2 | boxes changed | verify |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        graph = r["precision"] + (" --exact" if r["exact"] else "") + (
-            f" (scale 2^{int(round(__import__('math').log2(r['gradient_scale'])))})" if r["gradient_scale"] != 1 else ""
+        graph = (
+            r["precision"]
+            + (" --exact" if r["exact"] else "")
+            + (f" (scale 2^{round(math.log2(r['gradient_scale']))})" if r["gradient_scale"] != 1 else "")
         )
         lines.append(
-            f"| {r['architecture']} {r['target_layer']} | {graph} | {r['worst_map_pearson']:.6f} | {r['worst_iou50']:.4f} "
+            f"| {r['architecture']} {r['target_layer']} | {graph} | {r['worst_map_pearson']:.6f} "
+            f"| {r['worst_iou50']:.4f} "
             f"| {r['worst_pixels_off']:.3%} | {r['worst_map_max_abs']:.4f} | {r['worst_gradient_rel_l2']:.2e} "
             f"| {r['boxes_changed']}/{r['images']} | {'pass' if r['passed'] else 'FAIL'} |"
         )

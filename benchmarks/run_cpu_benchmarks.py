@@ -46,11 +46,12 @@ def measure_export(ckpt: str, out: str, layer: str) -> dict:
 
 
 def markdown(report: dict) -> str:
+    m = report["machine"]
     lines = [
-        f"Machine: {report['machine'].get('cpu', '?')}, {report['machine']['affinity']} cores, threads={report['threads']}; "
-        f"torch {report['machine'].get('torch')}, onnxruntime {report['machine'].get('onnxruntime')}",
+        f"Machine: {m.get('cpu', '?')}, {m['affinity']} cores, threads={report['threads']}; "
+        f"torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}, openvino {m.get('openvino', '-')}",
         "",
-        "| target | backend | batch | p50 ms | p90 ms | img/s | peak RSS MB | speed-up vs torch-reference | x forward-only |",
+        "| target | backend | batch | p50 ms | p90 ms | img/s | peak RSS MB | vs torch-reference | x forward-only |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for layer, rep in report["layers"].items():
@@ -89,9 +90,17 @@ def main() -> int:
     except ImportError:
         pass
     sizes = [int(v) for v in args.batch_sizes.split(",")]
-    report: dict = {"threads": args.threads, "iters": args.iters, "machine": machine_info(), "layers": {}, "export": {}}
+    report: dict = {
+        "threads": args.threads,
+        "iters": args.iters,
+        "machine": machine_info(),
+        "layers": {},
+        "export": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = str(save_checkpoint(build_model("resnet50", 200, seed=0, randomize_batchnorm=True), Path(tmp) / "r50.pth"))
+        ckpt = str(
+            save_checkpoint(build_model("resnet50", 200, seed=0, randomize_batchnorm=True), Path(tmp) / "r50.pth")
+        )
         for layer in args.layers.split(","):
             graph = str(Path(tmp) / f"r50_{layer}.onnx")
             report["export"][layer] = measure_export(ckpt, graph, layer)
@@ -103,7 +112,14 @@ def main() -> int:
                       f"peak {r.peak_rss_mb:6.0f} MB", flush=True)  # fmt: skip
 
             report["layers"][layer] = run_benchmark(
-                graph, ckpt, backends, sizes, warmup=args.warmup, iters=args.iters, threads=args.threads, on_row=show
+                graph,
+                ckpt,
+                backends,
+                sizes,
+                warmup=args.warmup,
+                iters=args.iters,
+                threads=args.threads,
+                on_row=show,
             )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,9 @@ def test_cam_bad_inputs(cli, checkpoints, tmp_path):
     assert_one_line_error(cli("cam", checkpoints["resnet18"], tmp_path / "notimage.png", "--out", tmp_path / "o"),
                           "cannot read image", "notimage.png")  # fmt: skip
     write_image(tmp_path / "tiny.png", size=(4, 4))
-    assert_one_line_error(cli("cam", checkpoints["resnet18"], tmp_path / "tiny.png", "--out", tmp_path / "o"), "too small")
+    assert_one_line_error(
+        cli("cam", checkpoints["resnet18"], tmp_path / "tiny.png", "--out", tmp_path / "o"), "too small"
+    )
     assert_one_line_error(cli("cam", checkpoints["resnet18"], good, "--out", tmp_path / "o", "--method", "gradcam++"),
                           "unknown method 'gradcam++'")  # fmt: skip
     assert_one_line_error(cli("cam", checkpoints["resnet18"], good, "--out", tmp_path / "o", "--class-id", "99"),
@@ -153,11 +155,20 @@ def test_verify_catches_a_frozen_gradient(cli, checkpoints, exported, tmp_path):
 
 def test_verify_and_export_bad_input(cli, checkpoints, tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"junk")
-    assert_one_line_error(cli("verify", tmp_path / "junk.onnx", "--checkpoint", checkpoints["resnet18"]), "is not an ONNX model")
-    assert_one_line_error(cli("export", checkpoints["resnet18"], "-o", tmp_path / "x.onnx", "--method", "lrp"), "unknown method 'lrp'")
-    assert_one_line_error(cli("export", checkpoints["resnet18"], "-o", tmp_path / "x.onnx", "--target-layer", "Mixed_6e"),
+    assert_one_line_error(
+        cli("verify", tmp_path / "junk.onnx", "--checkpoint", checkpoints["resnet18"]), "is not an ONNX model"
+    )
+    assert_one_line_error(
+        cli("export", checkpoints["resnet18"], "-o", tmp_path / "x.onnx", "--method", "lrp"),
+        "unknown method 'lrp'",
+    )
+    out = tmp_path / "x.onnx"
+    assert_one_line_error(cli("export", checkpoints["resnet18"], "-o", out, "--target-layer", "Mixed_6e"),
                           "unknown target layer 'Mixed_6e' for resnet18")  # fmt: skip
-    assert_one_line_error(cli("export", checkpoints["resnet18"], "-o", tmp_path / "x.onnx", "--opset", "11"), "opset 11 is too old")
+    assert_one_line_error(
+        cli("export", checkpoints["resnet18"], "-o", tmp_path / "x.onnx", "--opset", "11"),
+        "opset 11 is too old",
+    )
     assert_one_line_error(cli("bench", tmp_path / "junk.onnx", "--backends", "ort-gpu"), "unknown backend 'ort-gpu'")
 
 

@@ -52,9 +52,7 @@ def binary(tmp_path_factory) -> Path:
         ["cmake", "-S", str(EXAMPLE), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
          f"-DCMAKE_PREFIX_PATH={prefix.stdout.strip()}"]
     )  # fmt: skip
-    assert configure.returncode == 0, (
-        f"cmake configure failed:\n{configure.stdout[-3000:]}\n{configure.stderr[-3000:]}"
-    )
+    assert configure.returncode == 0, f"cmake configure failed:\n{configure.stdout[-3000:]}\n{configure.stderr[-3000:]}"
     compiled = _run(["cmake", "--build", str(build), "-j2"])
     assert compiled.returncode == 0, f"build failed:\n{compiled.stdout[-4000:]}\n{compiled.stderr[-4000:]}"
     exe = build / "bagcams_localize"
@@ -93,9 +91,7 @@ def images(tmp_path_factory) -> list[Path]:
         "wide.png": Image.fromarray(_scene(301, 457, 1)),  # shrink: antialiased resampling
         "grey.png": Image.fromarray(_scene(90, 70, 2)[..., 0]),  # grey, and enlarged
         "alpha.png": Image.fromarray(
-            np.dstack(
-                [_scene(160, 240, 3), np.random.default_rng(4).integers(0, 256, (160, 240), dtype=np.uint8)]
-            ),
+            np.dstack([_scene(160, 240, 3), np.random.default_rng(4).integers(0, 256, (160, 240), dtype=np.uint8)]),
             "RGBA",
         ),
         "palette.png": Image.fromarray(_scene(200, 150, 5)).convert("P", palette=Image.ADAPTIVE),
@@ -210,9 +206,7 @@ def test_cpp_errors(binary, graph, images, tmp_path):
     proto.graph.output.extend(keep)
     stripped = tmp_path / "stripped.onnx"
     onnx.save(proto, str(stripped))
-    _one_line_error(
-        localize(stripped, img), "not a bagcams-deploy graph", "output 'logits'", "output 'features'"
-    )
+    _one_line_error(localize(stripped, img), "not a bagcams-deploy graph", "output 'logits'", "output 'features'")
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(images[0].read_bytes()[:200])

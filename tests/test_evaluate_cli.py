@@ -36,7 +36,8 @@ def _args(s, *extra):
 
 def test_evaluate_onnx_then_precomputed_maps_give_the_same_numbers(cli, setup, tmp_path):
     report, maps = tmp_path / "r.json", tmp_path / "maps"
-    r = cli(*_args(setup, "--model", setup["graph"], "--save-maps", maps, "--report", report, "--plot", tmp_path / "plots",
+    plots = tmp_path / "plots"
+    r = cli(*_args(setup, "--model", setup["graph"], "--save-maps", maps, "--report", report, "--plot", plots,
                    "--compare-reference", "--checkpoint", setup["ckpt"], "--batch-size", "4"))  # fmt: skip
     assert r.code == 0, r.err
     rep = json.loads(report.read_text())
@@ -60,7 +61,9 @@ def test_evaluate_onnx_then_precomputed_maps_give_the_same_numbers(cli, setup, t
     assert again["Top-1 Loc"] is None
     preds = tmp_path / "preds.csv"
     ids = (setup["data"] / "metadata" / "test" / "image_ids.txt").read_text().split()
-    labels = dict(line.split(",") for line in (setup["data"] / "metadata" / "test" / "class_labels.txt").read_text().split())
+    labels = dict(
+        line.split(",") for line in (setup["data"] / "metadata" / "test" / "class_labels.txt").read_text().split()
+    )
     preds.write_text("\n".join(f"{i},{labels[i]}" for i in ids))  # an oracle classifier
     r3 = cli(*_args(setup, "--maps", maps, "--predictions", preds, "--report", tmp_path / "r3.json"))
     s3 = next(iter(json.loads((tmp_path / "r3.json").read_text())["runs"].values()))["summary"]
@@ -108,5 +111,9 @@ def test_localize_writes_overlays_maps_and_boxes(cli, setup, tmp_path):
              "--class-id", "4")  # fmt: skip
     assert r2.code == 0 and json.loads((tmp_path / "l2" / "boxes.json").read_text())["images"][0]["class_id"] == 4
     assert_one_line_error(cli("localize", imgs, "--model", tmp_path / "none.onnx", "--out", out), "model not found")
-    assert_one_line_error(cli("localize", imgs, "--model", setup["graph"], "--out", out, "--threshold", "1.5"), "--threshold")
-    assert_one_line_error(cli("localize", imgs, "--model", setup["graph"], "--out", out, "--class-id", "10"), "out of range")
+    assert_one_line_error(
+        cli("localize", imgs, "--model", setup["graph"], "--out", out, "--threshold", "1.5"), "--threshold"
+    )
+    assert_one_line_error(
+        cli("localize", imgs, "--model", setup["graph"], "--out", out, "--class-id", "10"), "out of range"
+    )

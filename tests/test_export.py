@@ -69,7 +69,13 @@ def test_onnx_runtime_matches_reference_on_fresh_inputs(models, graphs, arch, me
     model = models[arch]
     path = graphs(arch, method, layer)
     size = TEST_SIZE[arch]
-    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(zlib.crc32(f"{arch}{method}{layer}".encode())))
+    x = torch.randn(
+        3,
+        3,
+        size,
+        size,
+        generator=torch.Generator().manual_seed(zlib.crc32(f"{arch}{method}{layer}".encode())),
+    )
     ref = compute_cams(model, x, method, layer, [-1, 2, -1])
     with create_backend("ort-cpu", graph=path, threads=2) as b:
         out = b.infer(x.numpy(), np.array([-1, 2, -1]))
@@ -92,7 +98,9 @@ def test_onnx_runtime_matches_reference_on_fresh_inputs(models, graphs, arch, me
         # cancels: the 0.1% gradient changes that flipped ReLU masks cause (ONNX Runtime with or without
         # optimisations) move its map more than other methods'. So: the in-graph map must equal the
         # formula on the graph's own outputs exactly, and follow the reference within a looser bar.
-        own = gradient_map("gradcampp", torch.from_numpy(out["features"]), torch.from_numpy(out["gradients"]), (size, size))
+        own = gradient_map(
+            "gradcampp", torch.from_numpy(out["features"]), torch.from_numpy(out["gradients"]), (size, size)
+        )
         np.testing.assert_allclose(out["cam"], own.numpy(), atol=1e-4)
         assert_maps_agree(out["cam"], ref.maps.numpy(), min_pearson=0.995, pixel_delta=0.05, min_iou=0.95)
     else:
@@ -148,7 +156,10 @@ def test_bad_graphs_and_inputs_get_clear_errors(graphs, models, tmp_path):
     with pytest.raises(BagcamsError, match="ONNX model not found"):
         read_graph_info(tmp_path / "missing.onnx")
     foreign = export_forward_onnx(models["resnet18"], tmp_path / "plain.onnx", (64, 64))
-    with pytest.raises(BagcamsError, match="not a bagcams-deploy graph: missing input 'class_id', output 'class_id_used', output 'features'"):
+    with pytest.raises(
+        BagcamsError,
+        match="not a bagcams-deploy graph: missing input 'class_id', output 'class_id_used', output 'features'",
+    ):
         read_graph_info(foreign)
     with create_backend("ort-cpu", graph=graphs("resnet18", "gradcam", "layer2", with_cam=False)) as b:
         with pytest.raises(BagcamsError, match="images are 32x32 but the model takes 64x64"):

@@ -132,9 +132,7 @@ def check_against_oracles(out, method, f, g, size, scale):
 
 @needs_nvcc
 def test_sources_compile_for_all_targets_without_spills(tmp_path):
-    listed = subprocess.run(
-        [NVCC, "--list-gpu-arch"], capture_output=True, text=True, check=True
-    ).stdout.split()
+    listed = subprocess.run([NVCC, "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout.split()
     missing = [a for a in ARCHS if f"compute_{a}" not in listed]
     if missing:
         pytest.fail(f"this nvcc dropped compute_{missing}: update ARCHS here and in kernels/build.sh")
@@ -209,9 +207,7 @@ def test_python_plan_matches_c_api(tmp_path):
     cmd += ["-o", str(exe)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    got = [
-        int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
-    ]
+    got = [int(v) for v in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()]
     want = [launcher.make_plan("bagcams", *s).workspace_bytes for s in shapes] + [0]
     want += [1] * len(bad_calls)  # cudaErrorInvalidValue
     assert got == want
@@ -467,9 +463,7 @@ def fake_pycuda(lib, smem_default=48 * 1024, smem_optin=48 * 1024, with_set_attr
             drv.launches.append((self.name, cfg))
             if self.name.startswith("bagcams_partial_"):
                 m = re.fullmatch(r"bagcams_partial_(\w+?)_(f32|f16)(_gmem)?", self.name)
-                rc = lib.emu_partial(
-                    m.group(1).encode(), m.group(2) == "f16", m.group(3) is None, *cfg, *values
-                )
+                rc = lib.emu_partial(m.group(1).encode(), m.group(2) == "f16", m.group(3) is None, *cfg, *values)
             else:
                 rc = getattr(lib, "emu_" + self.name.removeprefix("bagcams_"))(*cfg, *values)
             if rc != 0:
@@ -658,10 +652,7 @@ def test_benchmark_runs_on_the_emulated_device(monkeypatch, emulator_lib, tmp_pa
     for row in rows:
         assert row["ms"] > 0 and row["gbps"] > 0
         assert row["max_abs_err"] is not None and row["max_abs_err"] <= TOL_VS_GRADIENT_MAP
-        assert (
-            row["bytes_moved"]
-            == 2 * row["n"] * 9 * 25 * (4 if row["dtype"] == "float32" else 2) + row["n"] * 576
-        )
+        assert row["bytes_moved"] == 2 * row["n"] * 9 * 25 * (4 if row["dtype"] == "float32" else 2) + row["n"] * 576
 
 
 def test_benchmark_without_pycuda_exits_with_a_message():

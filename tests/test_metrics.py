@@ -181,9 +181,7 @@ def test_fast_path_is_bit_identical_to_the_loop(interval, n_maps):
     thresholds = cam_thresholds(interval)
     for multi in (False, True):
         fast = BoxEvaluator(interval=interval, multi_contour=multi, iou_deltas=(10, 30, 50, 70, 90))
-        slow = BoxEvaluator(
-            interval=interval, multi_contour=multi, iou_deltas=(10, 30, 50, 70, 90), fast=False
-        )
+        slow = BoxEvaluator(interval=interval, multi_contour=multi, iou_deltas=(10, 30, 50, 70, 90), fast=False)
         for n in range(n_maps):
             m = _random_map(rng, ("noise", "blobs", "steps")[n % 3])
             gt = np.concatenate([_random_gt(rng) for _ in range(rng.integers(1, 4))])
@@ -299,9 +297,7 @@ def test_reports_and_plots(tmp_path):
     box_metrics = ev.compute()
     table = markdown_table(box_metrics, title="CUB test")
     assert "| GT-known Loc @ IoU 50 | 100.00 | 0.000 |" in table and "MaxBoxAccV2" in table
-    report = json.loads(
-        save_json_report(tmp_path / "r" / "box.json", box_metrics, {"model": "x"}).read_text()
-    )
+    report = json.loads(save_json_report(tmp_path / "r" / "box.json", box_metrics, {"model": "x"}).read_text())
     assert report["metrics"]["gt_known_loc"]["50"] == 100.0 and report["model"] == "x"
     assert plot_metrics(box_metrics, tmp_path / "box.png").stat().st_size > 1000
 

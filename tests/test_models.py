@@ -37,7 +37,9 @@ def test_manifest_checkpoint_loads_strictly_and_layer_shapes_match(arch, tmp_pat
         "state_dict_domain_classifier": {"w": torch.zeros(1)},
         "epoch": 12,
     }
-    fake[EXTRACTOR_KEY] = {k: (v.long() if k.endswith("num_batches_tracked") else v) for k, v in fake[EXTRACTOR_KEY].items()}
+    fake[EXTRACTOR_KEY] = {
+        k: (v.long() if k.endswith("num_batches_tracked") else v) for k, v in fake[EXTRACTOR_KEY].items()
+    }
     path = tmp_path / "ckpt.pth.tar"
     torch.save(fake, path)
     model = load_model(path)
@@ -74,16 +76,19 @@ def test_plain_state_dict_is_accepted(models, tmp_path):
 
 def test_architecture_and_classes_can_be_overridden_and_are_checked(checkpoints):
     assert load_model(checkpoints["resnet18"], architecture="resnet18", num_classes=7).num_classes == 7
-    with pytest.raises(BagcamsError, match="--num-classes 9 but fc.weight has 7 classes"):
+    with pytest.raises(BagcamsError, match=r"--num-classes 9 but fc\.weight has 7 classes"):
         load_model(checkpoints["resnet18"], num_classes=9)
-    with pytest.raises(BagcamsError, match="extractor \\(resnet50\\) does not match: missing .*conv3"):
+    with pytest.raises(BagcamsError, match=r"extractor \(resnet50\) does not match: missing .*conv3"):
         load_model(checkpoints["resnet18"], architecture="resnet50")
     with pytest.raises(BagcamsError, match="unknown architecture 'vgg16'; valid: resnet50, resnet18, inception_v3"):
         load_model(checkpoints["resnet18"], architecture="vgg16")
 
 
 def _ckpt(model):
-    return {EXTRACTOR_KEY: dict(model.extractor.state_dict()), CLASSIFIER_KEY: dict(model.classifier.state_dict())}
+    return {
+        EXTRACTOR_KEY: dict(model.extractor.state_dict()),
+        CLASSIFIER_KEY: dict(model.classifier.state_dict()),
+    }
 
 
 def test_missing_extra_and_misshaped_tensors_are_named(models, tmp_path):
@@ -91,12 +96,12 @@ def test_missing_extra_and_misshaped_tensors_are_named(models, tmp_path):
     missing = _ckpt(models["resnet18"])
     del missing[EXTRACTOR_KEY]["layer2.1.bn2.running_var"]
     torch.save(missing, tmp_path / "missing.pth")
-    with pytest.raises(BagcamsError, match="missing layer2.1.bn2.running_var"):
+    with pytest.raises(BagcamsError, match=r"missing layer2\.1\.bn2\.running_var"):
         load_model(tmp_path / "missing.pth")
     extra = _ckpt(models["resnet18"])
     extra[EXTRACTOR_KEY]["layer9.weight"] = torch.zeros(3)
     torch.save(extra, tmp_path / "extra.pth")
-    with pytest.raises(BagcamsError, match="unexpected layer9.weight"):
+    with pytest.raises(BagcamsError, match=r"unexpected layer9\.weight"):
         load_model(tmp_path / "extra.pth")
     bad = _ckpt(models["resnet18"])
     bad[EXTRACTOR_KEY]["conv1.weight"] = torch.zeros(64, 3, 5, 5)
@@ -106,7 +111,7 @@ def test_missing_extra_and_misshaped_tensors_are_named(models, tmp_path):
     nan = _ckpt(models["resnet18"])
     nan[CLASSIFIER_KEY]["fc.bias"] = torch.full_like(base[CLASSIFIER_KEY]["fc.bias"], float("nan"))
     torch.save(nan, tmp_path / "nan.pth")
-    with pytest.raises(BagcamsError, match="fc.bias contains NaN"):
+    with pytest.raises(BagcamsError, match=r"fc\.bias contains NaN"):
         load_model(tmp_path / "nan.pth")
 
 

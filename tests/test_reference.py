@@ -63,7 +63,12 @@ def independent_gradients(model, x, layer, guided_log, class_ids):
     s = logits[torch.arange(len(ids)), ids]
     (torch.log(s) if guided_log else s).sum().backward()
     f = feats.detach().numpy().astype(np.float64)
-    return f, feats.grad.numpy().astype(np.float64), s.detach().numpy().astype(np.float64), logits.detach().numpy()
+    return (
+        f,
+        feats.grad.numpy().astype(np.float64),
+        s.detach().numpy().astype(np.float64),
+        logits.detach().numpy(),
+    )
 
 
 def formula_maps(method, F, g, s, size):

@@ -47,14 +47,27 @@ def bench(
     console = Console(width=None if Console().is_terminal else 140)
 
     def on_row(r) -> None:
-        console.print(f"  {r.backend:<18} batch {r.batch_size:<3} p50 {r.p50_ms:9.1f} ms  {r.images_per_s:7.1f} img/s", highlight=False)
+        console.print(
+            f"  {r.backend:<18} batch {r.batch_size:<3} p50 {r.p50_ms:9.1f} ms  {r.images_per_s:7.1f} img/s",
+            highlight=False,
+        )
 
     report = run_benchmark(
         str(model_path), str(checkpoint) if checkpoint else None, names, sizes, warmup, iters, threads, exact,
         device, include_floor=not no_floor, on_row=on_row,
     )  # fmt: skip
     t = Table(title=f"{report['method']} at {report['target_layer']}, threads={threads or 'default'}")
-    for col in ("backend", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "peak RSS MB", "vs reference", "x forward"):
+    for col in (
+        "backend",
+        "batch",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "img/s",
+        "peak RSS MB",
+        "vs reference",
+        "x forward",
+    ):
         t.add_column(col, justify="left" if col == "backend" else "right")
     for r in report["rows"]:
         ratio = report["ratios"].get(f"{r['backend']}@{r['batch_size']}", {})

@@ -86,4 +86,7 @@ def cam(
             advance(len(chunk))
     typer.echo(f"wrote {len(paths)} overlays and maps to {out}")
     if flagged:
-        typer.echo(f"note: target logit <= 0 (log undefined; BagCAMs sign-flipped) for: {', '.join(flagged)}", err=True)
+        typer.echo(
+            f"note: target logit <= 0 (log undefined; BagCAMs sign-flipped) for: {', '.join(flagged)}",
+            err=True,
+        )

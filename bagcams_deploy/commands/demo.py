@@ -48,7 +48,10 @@ def run_demo_evaluation(
         graph = out / f"model_{method}.onnx"
         export_onnx(model, graph, method=method, target_layer=target_layer)
         scorer = Scorer(meta, mask_meta, data_root / "masks", cam_interval)
-        with create_backend("ort-cpu", graph=graph, threads=threads) as b, progress_bar(n, f"evaluate {method}") as adv:
+        with (
+            create_backend("ort-cpu", graph=graph, threads=threads) as b,
+            progress_bar(n, f"evaluate {method}") as adv,
+        ):
             res = evaluate_backend(b, scorer, data_root / "images", batch_size=16, limit=limit, on_batch=adv)
         rows[method] = res.summary()
         graph.unlink()  # the graphs are large and rebuilt in seconds
@@ -157,4 +160,3 @@ def demo(
     console.print(f"overlays: {out / 'localize'}; table: {out / 'evaluation.md'}; summary: {out / 'summary.json'}")
     if not rep.passed:
         raise typer.Exit(1)
-

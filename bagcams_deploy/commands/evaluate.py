@@ -47,14 +47,24 @@ def evaluate(
     metadata: Path = typer.Option(..., "--metadata", help="wsolevaluation metadata folder of one split"),
     data_root: Path = typer.Option(None, "--data-root", help="folder the image ids are relative to"),
     mask_root: Path = typer.Option(None, "--mask-root", help="folder the mask paths are relative to"),
-    mask_metadata: Path = typer.Option(None, "--mask-metadata", help="metadata folder whose localization.txt lists masks"),
-    backend: str = typer.Option(None, "--backend", help="default: ort-cpu for .onnx, tensorrt for .plan, torch-reference for checkpoints"),
+    mask_metadata: Path = typer.Option(
+        None, "--mask-metadata", help="metadata folder whose localization.txt lists masks"
+    ),
+    backend: str = typer.Option(
+        None,
+        "--backend",
+        help="default: ort-cpu for .onnx, tensorrt for .plan, torch-reference for checkpoints",
+    ),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint (for --compare-reference)"),
     method: str = typer.Option("bagcams", "--method", help="method when --model is a checkpoint"),
     target_layer: str = typer.Option(None, "--target-layer", help="target layer when --model is a checkpoint"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    cam_interval: float = typer.Option(0.001, "--cam-interval", help="threshold step (0.001 as published; 0.01 faster)"),
-    single_contour: bool = typer.Option(False, "--single-contour", help="largest contour only (default: all, as MaxBoxAccV2)"),
+    cam_interval: float = typer.Option(
+        0.001, "--cam-interval", help="threshold step (0.001 as published; 0.01 faster)"
+    ),
+    single_contour: bool = typer.Option(
+        False, "--single-contour", help="largest contour only (default: all, as MaxBoxAccV2)"
+    ),
     maps: Path = typer.Option(None, "--maps", help="evaluate precomputed maps DIR/<image_id>.npy instead of a model"),
     predictions: Path = typer.Option(None, "--predictions", help="with --maps: 'image_id,label' lines for Top-1 Loc"),
     save_maps: Path = typer.Option(None, "--save-maps", help="save each map as DIR/<image_id>.npy"),
@@ -124,10 +134,19 @@ def evaluate(
         rows["difference"] = {k: None if a[k] is None or b_[k] is None else a[k] - b_[k] for k in SUMMARY_KEYS}
     console = _console()
     first = next(iter(results.values()))
-    console.print(summary_table(rows, f"{first.count} images, interval {cam_interval}, {first.count / max(first.seconds, 1e-9):.1f} img/s"))
+    console.print(
+        summary_table(
+            rows,
+            f"{first.count} images, interval {cam_interval}, {first.count / max(first.seconds, 1e-9):.1f} img/s",
+        )
+    )
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"metadata": str(metadata), "cam_interval": cam_interval, "runs": {k: r.to_dict() for k, r in results.items()}}
+        payload = {
+            "metadata": str(metadata),
+            "cam_interval": cam_interval,
+            "runs": {k: r.to_dict() for k, r in results.items()},
+        }
         report.write_text(json.dumps(payload, indent=2, default=float))
         report.with_suffix(".md").write_text(summary_markdown(rows))
         console.print(f"report: {report} (+ {report.with_suffix('.md').name})")
@@ -165,5 +184,7 @@ def localize(
     paths = expand_image_paths(inputs)
     b = open_model(model, backend, None, method, target_layer, threads)
     with b, progress_bar(len(paths), "localizing") as advance:
-        records = localize_images(b, paths, out, None if auto else threshold, multi_contour, class_id, batch_size, advance)
+        records = localize_images(
+            b, paths, out, None if auto else threshold, multi_contour, class_id, batch_size, advance
+        )
     typer.echo(f"wrote {len(records)} overlays and maps, and {out / 'boxes.json'}")

@@ -61,7 +61,9 @@ def verify(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="the PyTorch checkpoint it was exported from"),
     images: Path = typer.Option(None, "--images", help="folder (or file) of real images to check as well"),
     num_random: int = typer.Option(8, "--num-random", min=0, help="fresh random images drawn this run"),
-    backend: str = typer.Option(None, "--backend", help="backend under test (default: ort-cuda with a GPU, else ort-cpu)"),
+    backend: str = typer.Option(
+        None, "--backend", help="backend under test (default: ort-cuda with a GPU, else ort-cpu)"
+    ),
     exact: bool = typer.Option(False, "--exact", help="ONNX Runtime with graph optimisations off"),
     seed: int = typer.Option(None, "--seed", help="fix the random images (default: fresh each run)"),
     threads: int = typer.Option(None, "--threads"),
@@ -110,7 +112,18 @@ def verify(
 def _render(rep) -> None:
     console = Console(width=None if Console().is_terminal else 140)
     t = Table(title=f"{rep.backend} vs {rep.reference}: {rep.method} at {rep.target_layer} ({rep.precision})")
-    for col in ("image", "class", "s_c", "map r", "max|Δ|", "px>0.01", "IoU .2/.5/.8", "box IoU", "grad relL2", ""):
+    for col in (
+        "image",
+        "class",
+        "s_c",
+        "map r",
+        "max|Δ|",
+        "px>0.01",
+        "IoU .2/.5/.8",
+        "box IoU",
+        "grad relL2",
+        "",
+    ):
         t.add_column(col, justify="right" if col not in ("image", "") else "left")
     for r in rep.images:
         iou = "/".join(f"{v:.3f}" for v in r.map_iou.values())

@@ -53,9 +53,7 @@ class BoxMetrics:
             "kind": "boxes",
             "count": self.count,
             "num_thresholds": len(self.thresholds),
-            "threshold_interval": float(self.thresholds[1] - self.thresholds[0])
-            if len(self.thresholds) > 1
-            else None,
+            "threshold_interval": float(self.thresholds[1] - self.thresholds[0]) if len(self.thresholds) > 1 else None,
             "iou_deltas": list(self.iou_deltas),
             "multi_contour": self.multi_contour,
             "gt_known_loc": {str(d): v for d, v in self.gt_known_loc.items()},
@@ -81,9 +79,7 @@ class BoxEvaluator:
         multi_contour: bool = True,
         fast: bool = True,
     ) -> None:
-        self.thresholds = (
-            cam_thresholds(interval) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-        )
+        self.thresholds = cam_thresholds(interval) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
         if self.thresholds.ndim != 1 or len(self.thresholds) == 0:
             raise BagcamsError("CAM thresholds must be a non-empty 1-D sequence")
         self.iou_deltas = tuple(int(d) for d in iou_deltas)
@@ -135,11 +131,7 @@ class BoxEvaluator:
         best = acc.argmax(axis=1)
         gt_known = {d: float(acc[j, best[j]]) for j, d in enumerate(self.iou_deltas)}
         best_thr = {d: float(self.thresholds[best[j]]) for j, d in enumerate(self.iou_deltas)}
-        v2 = (
-            float(np.mean([gt_known[d] for d in _V2_DELTAS]))
-            if all(d in gt_known for d in _V2_DELTAS)
-            else None
-        )
+        v2 = float(np.mean([gt_known[d] for d in _V2_DELTAS])) if all(d in gt_known for d in _V2_DELTAS) else None
         top1 = top1_thr = None
         top1_curves = None
         if self.count_with_prediction == self.count:

@@ -52,12 +52,8 @@ class MaskMetrics:
 class MaskEvaluator:
     """Accumulates pixel-score histograms over images; :meth:`compute` gives :class:`MaskMetrics`."""
 
-    def __init__(
-        self, thresholds: Sequence[float] | np.ndarray | None = None, interval: float = 0.001
-    ) -> None:
-        self.thresholds = (
-            cam_thresholds(interval) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-        )
+    def __init__(self, thresholds: Sequence[float] | np.ndarray | None = None, interval: float = 0.001) -> None:
+        self.thresholds = cam_thresholds(interval) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
         if self.thresholds.ndim != 1 or len(self.thresholds) == 0:
             raise BagcamsError("CAM thresholds must be a non-empty 1-D sequence")
         # Bins [0, bw), ..., [1 - bw, 1), [1, 2), [2, 3]: scores of exactly 1.0 fall in [1, 2).
@@ -72,9 +68,7 @@ class MaskEvaluator:
         scoremap = validate_scoremap(scoremap)
         mask = np.asarray(gt_mask)
         if mask.shape != scoremap.shape:
-            raise BagcamsError(
-                f"GT mask shape {mask.shape} differs from the score map shape {scoremap.shape}"
-            )
+            raise BagcamsError(f"GT mask shape {mask.shape} differs from the score map shape {scoremap.shape}")
         bad = ~np.isin(mask, (0, 1, IGNORE_VALUE))
         if bad.any():
             raise BagcamsError(

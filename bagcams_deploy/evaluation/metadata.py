@@ -111,9 +111,7 @@ def load_metadata(metadata_dir: str | Path) -> WSOLMetadata:
         if "," in image_id:
             raise BagcamsError(f"{ids_file}:{n}: malformed line {line!r}, expected '<path>'")
         if image_id in id_lines:
-            raise BagcamsError(
-                f"{ids_file}:{n}: duplicate image id {image_id!r} (first on line {id_lines[image_id]})"
-            )
+            raise BagcamsError(f"{ids_file}:{n}: duplicate image id {image_id!r} (first on line {id_lines[image_id]})")
         id_lines[image_id] = n
         image_ids.append(image_id)
     if not image_ids:

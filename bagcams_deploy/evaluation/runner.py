@@ -104,7 +104,9 @@ class Scorer:
             assert mm is not None and self.mask_root is not None
             if image_id not in mm.mask_paths:
                 raise BagcamsError(f"no mask for image {image_id} in {mm.root}/localization.txt")
-            self.mask_eval.accumulate(m, load_gt_mask(self.mask_root, mm.mask_paths[image_id], mm.ignore_paths.get(image_id)))
+            self.mask_eval.accumulate(
+                m, load_gt_mask(self.mask_root, mm.mask_paths[image_id], mm.ignore_paths.get(image_id))
+            )
         self.count += 1
 
     def result(self, seconds: float = 0.0) -> EvaluationResult:

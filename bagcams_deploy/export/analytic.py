@@ -153,7 +153,11 @@ HALF_TARGET_MAX = 2.0**10
 
 @torch.no_grad()
 def calibrate_gradient_scale(
-    model: WSOLModel, method: str, target_layer: str | None, images: Tensor, target_max: float = HALF_TARGET_MAX
+    model: WSOLModel,
+    method: str,
+    target_layer: str | None,
+    images: Tensor,
+    target_max: float = HALF_TARGET_MAX,
 ) -> float:
     """A power of two that puts the largest backward-pass value near ``target_max``.
 

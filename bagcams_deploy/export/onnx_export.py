@@ -107,16 +107,22 @@ def export_onnx(
         raise BagcamsError(f"opset {opset} is too old; use {MIN_OPSET} or newer")
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if min(size) < model.spec.min_input_size:
-        raise BagcamsError(f"--input-size {size} is below the minimum {model.spec.min_input_size} for {model.architecture}")
+        raise BagcamsError(
+            f"--input-size {size} is below the minimum {model.spec.min_input_size} for {model.architecture}"
+        )
     t0 = time.perf_counter()
     if gradient_scale is None:
         gradient_scale = 1.0
         if precision != "fp32" and method != "cam":
             from ..verify import random_images
 
-            calib = calibration_images if calibration_images is not None else torch.from_numpy(random_images(8, size, 0))
+            calib = (
+                calibration_images if calibration_images is not None else torch.from_numpy(random_images(8, size, 0))
+            )
             gradient_scale = calibrate_gradient_scale(model, method, target_layer, calib)
-    net = AnalyticCAM(model, method, target_layer, with_cam=with_cam, gradient_scale=gradient_scale, precision=precision)
+    net = AnalyticCAM(
+        model, method, target_layer, with_cam=with_cam, gradient_scale=gradient_scale, precision=precision
+    )
     gen = torch.Generator().manual_seed(0)
     example = (torch.randn(1, 3, *size, generator=gen), torch.full((1,), -1, dtype=torch.int64))
     with torch.no_grad():

@@ -57,7 +57,10 @@ class ConvBNRule(Rule):
             w = w * scale[:, None, None, None]
         kh, kw = w.shape[2:]
         self.kernel = (kh, kw)
-        back_pad = (self.dilation[0] * (kh - 1) - self.padding[0], self.dilation[1] * (kw - 1) - self.padding[1])
+        back_pad = (
+            self.dilation[0] * (kh - 1) - self.padding[0],
+            self.dilation[1] * (kw - 1) - self.padding[1],
+        )
         self.as_conv = self.stride == (1, 1) and min(back_pad) >= 0
         if self.as_conv:
             g = self.groups

@@ -391,8 +391,7 @@ class AggregationKernel:
                 fn.prepared_async_call(grid, block, s, *args, shared_size=shared)
             except self._drv.Error as exc:
                 raise BagcamsError(
-                    f"CUDA kernel {name} failed for N={n} K={k} h={h} w={w} -> {out_h}x{out_w} "
-                    f"({self.dtype}): {exc}"
+                    f"CUDA kernel {name} failed for N={n} K={k} h={h} w={w} -> {out_h}x{out_w} ({self.dtype}): {exc}"
                 ) from exc
 
     def compute(

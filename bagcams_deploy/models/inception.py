@@ -89,7 +89,13 @@ class InceptionC(nn.Module):
         return [
             [self.branch1x1],
             [self.branch7x7_1, self.branch7x7_2, self.branch7x7_3],
-            [self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5],
+            [
+                self.branch7x7dbl_1,
+                self.branch7x7dbl_2,
+                self.branch7x7dbl_3,
+                self.branch7x7dbl_4,
+                self.branch7x7dbl_5,
+            ],
             [self.avg_pool, self.branch_pool],
         ]
 

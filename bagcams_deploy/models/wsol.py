@@ -42,9 +42,17 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         InceptionTrunk,
         init_inception_,
         (
-            "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
-            "SPG_A3_1b", "SPG_A3_2b",
-        ),  # fmt: skip
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b",
+            "Mixed_6c",
+            "Mixed_6d",
+            "Mixed_6e",
+            "SPG_A3_1b",
+            "SPG_A3_2b",
+        ),
         # The stage before the last, at full 28x28 resolution: to Inception what layer3 is to ResNet-50.
         "SPG_A3_1b",
         75,

@@ -41,4 +41,6 @@ def open_model(
             raise BagcamsError(f"backend {name} runs an exported model; export {path} first (bagcams-deploy export)")
         return create_backend(name, model=load_model(path), method=method, target_layer=target_layer,
                               threads=threads, device=device)  # fmt: skip
-    raise BagcamsError(f"cannot tell what {path} is: expected .onnx, .plan or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+    raise BagcamsError(
+        f"cannot tell what {path} is: expected .onnx, .plan or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
+    )

@@ -55,7 +55,9 @@ class OrtBackend(Backend):
         wanted = PROVIDERS[kind][0]
         if wanted not in available_ort_providers():
             raise MissingDependencyError(
-                "onnxruntime-gpu", f"backend {kind} ({wanted})", "pip install onnxruntime-gpu and use a CUDA GPU"
+                "onnxruntime-gpu",
+                f"backend {kind} ({wanted})",
+                "pip install onnxruntime-gpu and use a CUDA GPU",
             )
 
     @property

@@ -70,7 +70,12 @@ class TorchReferenceBackend(_TorchBackend):
         ids = torch.from_numpy(class_ids).to(self.device)
         with Timer() as t:
             r = compute_cams(
-                self.model, x, self.spec.method, self.spec.target_layer, ids, published_autograd=self.published_autograd
+                self.model,
+                x,
+                self.spec.method,
+                self.spec.target_layer,
+                ids,
+                published_autograd=self.published_autograd,
             )
             self._sync()
         self.last_inference_time = t.seconds

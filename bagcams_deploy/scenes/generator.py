@@ -70,9 +70,7 @@ def _circle(n: int = 96, r: float = 1.0, cx: float = 0.0, cy: float = 0.0) -> np
 
 
 def _regular(n: int, phase: float) -> np.ndarray:
-    return np.array(
-        [[math.cos(phase + 2 * math.pi * k / n), math.sin(phase + 2 * math.pi * k / n)] for k in range(n)]
-    )
+    return np.array([[math.cos(phase + 2 * math.pi * k / n), math.sin(phase + 2 * math.pi * k / n)] for k in range(n)])
 
 
 def _star(inner: float) -> np.ndarray:
@@ -347,9 +345,7 @@ def _draw_distractor(rng: np.random.Generator, canvas: np.ndarray) -> None:
         cv2.fillPoly(layer, [_fixed(pts)], 255, cv2.LINE_8, _SHIFT)
     elif kind == 1:  # scribble
         pts = c + np.cumsum(rng.normal(0, r * 0.5, (int(rng.integers(4, 8)), 2)), axis=0)
-        cv2.polylines(
-            layer, [_fixed(pts)], False, 255, int(rng.integers(2, max(3, size // 28))), cv2.LINE_8, _SHIFT
-        )
+        cv2.polylines(layer, [_fixed(pts)], False, 255, int(rng.integers(2, max(3, size // 28))), cv2.LINE_8, _SHIFT)
     else:  # irregular polygon, 4-7 vertices at random angles and radii
         n = int(rng.integers(4, 8))
         ang = np.sort(rng.uniform(0, 2 * math.pi, n))
@@ -366,9 +362,7 @@ def _draw_distractor(rng: np.random.Generator, canvas: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _place(
-    geom: _Geom, rng: np.random.Generator, size: int, aspect: float, rot: float
-) -> tuple[float, np.ndarray]:
+def _place(geom: _Geom, rng: np.random.Generator, size: int, aspect: float, rot: float) -> tuple[float, np.ndarray]:
     """Pick a scale hitting a sampled area target and a position that keeps the whole object inside."""
     target = rng.uniform(*_TARGET_AREA) * size * size
     s = size * 0.25
@@ -424,9 +418,7 @@ def contact_sheet(scenes: list[Scene], cols: int = 5, draw_boxes: bool = True) -
             x0, y0, x1, y1 = sc.box
             cv2.rectangle(tile, (x0, y0), (x1, y1), (0, 255, 0), 1)
         cv2.putText(tile, sc.class_name, (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(
-            tile, sc.class_name, (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA
-        )
+        cv2.putText(tile, sc.class_name, (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
         r, c = divmod(i, cols)
         sheet[r * (size + 4) : r * (size + 4) + size, c * (size + 4) : c * (size + 4) + size] = tile
     return sheet
