@@ -140,7 +140,14 @@ def _child(job: dict, queue: mp.Queue) -> None:
             run()
         times = [run() for _ in range(job["iters"])]
         if job["backend"] != FLOOR:
-            extra.update({k: v for k, v in getattr(backend, "stage_times", {}).items()})
+            # GPU backends: per-stage times (engine vs kernel) and device memory where they expose them.
+            extra.update({f"stage_{k}_s": v for k, v in getattr(backend, "stage_times", {}).items()})
+            if getattr(backend, "gpu_memory_mb", None) is not None:
+                extra["gpu_memory_mb"] = backend.gpu_memory_mb
+            if job["device"].startswith("cuda") or job["backend"].endswith("cudagraph"):
+                import torch
+
+                extra["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
         peak = peak_rss_mb()
         queue.put({"ok": True, "times": times, "peak": peak, "before": rss_before, "extra": extra})
     except Exception as exc:  # reported by the parent as one line
