@@ -20,6 +20,7 @@ GRAPH_BACKENDS: dict[str, tuple[str, str, str]] = {
     "ov-cpu": ("openvino_backend", "OpenVINOBackend", "OpenVINO runtime, CPU"),
     "tensorrt": ("tensorrt_backend", "TensorRTBackend", "TensorRT engine + CUDA aggregation kernel"),
     "tensorrt-cam": ("tensorrt_backend", "TensorRTBackend", "TensorRT engine, in-graph cam output"),
+    "tensorrt-cudagraph": ("tensorrt_backend", "TensorRTBackend", "TensorRT engine + kernel, replayed as a CUDA graph"),
 }
 MODEL_BACKENDS: dict[str, str] = {
     "torch-reference": "PyTorch autograd reference (published semantics)",
@@ -39,7 +40,7 @@ def _graph_backend(name: str, path: str, threads: int | None, exact: bool) -> Ba
     if name.startswith("ort-"):
         return cls(path, kind=name, threads=threads, exact=exact)
     if name.startswith("tensorrt"):
-        return cls(path, use_kernel=(name == "tensorrt"))
+        return cls(path, use_kernel=(name != "tensorrt-cam"), cuda_graph=name.endswith("cudagraph"))
     return cls(path, threads=threads)
 
 
@@ -116,7 +117,7 @@ def available_backends(graph: str | Path | None = None) -> list[str]:
     except ImportError:
         pass
     if graph is not None and str(graph).endswith((".plan", ".engine")):
-        names = [n for n in names if n.startswith("torch")] + ["tensorrt", "tensorrt-cam"]
+        names = [n for n in names if n.startswith("torch")] + ["tensorrt", "tensorrt-cam", "tensorrt-cudagraph"]
     return names
 
 

@@ -1,0 +1,54 @@
+"""``build-engine`` (ONNX -> TensorRT plan + sidecar) and ``engine-info`` (read a plan's record)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build-engine")(build_engine_cmd)
+    app.command("engine-info")(engine_info)
+
+
+def build_engine_cmd(
+    model: Path = typer.Argument(..., help="an exported .onnx graph"),
+    output: Path = typer.Option(..., "--output", "-o", help="the .plan to write (its record goes to <plan>.json)"),
+    min_batch: int = typer.Option(1, "--min-batch"),
+    opt_batch: int = typer.Option(8, "--opt-batch", help="the batch size TensorRT tunes for"),
+    max_batch: int = typer.Option(32, "--max-batch"),
+    workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="builder workspace limit"),
+    timing_cache: Path = typer.Option(None, "--timing-cache", help="read and update this timing cache file"),
+    input_size: int = typer.Option(None, "--input-size", help="H = W, only for graphs exported with --dynamic-size"),
+) -> None:
+    """Build a TensorRT engine with one optimization profile; precision is the graph's own (strongly typed)."""
+    from ..runtime.tensorrt_build import BatchProfile, build_engine
+
+    record = build_engine(
+        model,
+        output,
+        BatchProfile(min_batch, opt_batch, max_batch),
+        workspace_gb=workspace_gb,
+        timing_cache=timing_cache,
+        input_size=(input_size, input_size) if input_size else None,
+        log=typer.echo,
+    )
+    g = record["graph"]
+    typer.echo(f"{output}: {g['method']} at {g['target_layer']} ({g['architecture']}, {g['precision']}), "
+               f"TensorRT {record['built_with']['tensorrt_version']} on {record['built_with']['device_name']}")  # fmt: skip
+
+
+def engine_info(
+    plan: Path = typer.Argument(..., help="a .plan written by build-engine"),
+    check: bool = typer.Option(False, "--check", help="also check it against this machine's TensorRT and GPU"),
+) -> None:
+    """Print a plan's record (export metadata, profile, TensorRT version and GPU it was built for)."""
+    from ..runtime.tensorrt_build import check_plan_compatible, current_system, read_sidecar
+
+    record = read_sidecar(plan)
+    typer.echo(json.dumps(record, indent=2))
+    if check:
+        check_plan_compatible(record, current_system(), plan)
+        typer.echo(f"{plan}: compatible with this machine")

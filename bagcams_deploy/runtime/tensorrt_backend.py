@@ -1,0 +1,247 @@
+"""``tensorrt`` / ``tensorrt-cam``: a TensorRT engine (name-based I/O, TensorRT 10 and 11 API) on one
+CUDA stream, with our aggregation kernel reading the engine's ``features``/``gradients`` buffers in place.
+
+- ``tensorrt``: the engine computes logits, features and analytic gradients; the map is computed by
+  :class:`~bagcams_deploy.kernels.AggregationKernel` on the same stream, straight from the engine's
+  output buffers (no host round trip). Export with ``--no-cam`` for this backend: an in-graph ``cam``
+  would be computed by the engine and then ignored.
+- ``tensorrt-cam``: the engine's own in-graph ``cam`` output (needs a graph exported with the map).
+
+Device buffers are allocated once per batch size and reused; host buffers are page-locked so copies
+are asynchronous. ``cuda_graph=True`` captures engine + kernel once per batch size and replays them.
+The plan's sidecar (``<plan>.json``, see :mod:`.tensorrt_build`) supplies the export metadata and is
+checked against the running TensorRT and GPU before the plan is deserialized.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BagcamsError, require
+from .base import Backend, BackendSpec
+from .tensorrt_build import _PYCUDA_HINT, _TRT_HINT, check_plan_compatible, current_system, read_sidecar
+
+
+def spec_from_sidecar(record: dict) -> BackendSpec:
+    g = record["graph"]
+    return BackendSpec(
+        method=g["method"],
+        target_layer=g["target_layer"],
+        architecture=g["architecture"],
+        num_classes=int(g["num_classes"]),
+        input_size=tuple(g["input_size"]),
+        mean=tuple(g["mean"]),
+        std=tuple(g["std"]),
+        outputs=tuple(g["outputs"]) if "cam" in g["outputs"] or g["method"] == "cam" else (*g["outputs"], "cam"),
+        gradient_scale=float(g["gradient_scale"]),
+        class_names=tuple(record["class_names"]) if record.get("class_names") else None,
+    )
+
+
+@dataclass
+class _Buffers:
+    """Device (and page-locked host) memory for one batch size."""
+
+    n: int
+    device: dict[str, object]
+    host: dict[str, np.ndarray]
+    kernel_cam: object | None
+    graph: object | None = None
+
+    def free(self) -> None:
+        if self.graph is not None:
+            self.graph.free()
+        for buf in self.device.values():
+            buf.free()
+        if self.kernel_cam is not None:
+            self.kernel_cam.free()
+
+
+class TensorRTBackend(Backend):
+    """Runs a ``build-engine`` plan; see the module docstring for the two variants."""
+
+    def __init__(self, path: str, use_kernel: bool = True, cuda_graph: bool = False,
+                 fetch: tuple[str, ...] | None = None):  # fmt: skip
+        super().__init__()
+        self.name = "tensorrt" if use_kernel else "tensorrt-cam"
+        self.path, self.use_kernel, self.cuda_graph = str(path), use_kernel, cuda_graph
+        self.record = read_sidecar(path)
+        self._spec = spec_from_sidecar(self.record)
+        graph_outputs = tuple(self.record["graph"]["outputs"])
+        if use_kernel and self._spec.method == "cam":
+            raise BagcamsError(f"{path}: method cam has no gradients for the kernel; use backend tensorrt-cam")
+        if not use_kernel and "cam" not in graph_outputs:
+            raise BagcamsError(f"{path} was exported with --no-cam: use backend tensorrt (the CUDA kernel map)")
+        self.graph_outputs = graph_outputs
+        self.fetch = fetch
+        self.stage_times: dict[str, float] = {}
+        self.gpu_memory_mb: float | None = None
+
+    @property
+    def spec(self) -> BackendSpec:
+        return self._spec
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def activate_impl(self) -> None:
+        self._trt = require("tensorrt", f"backend {self.name}", _TRT_HINT)
+        self._drv = require("pycuda.driver", f"backend {self.name}", _PYCUDA_HINT)
+        system = current_system()
+        check_plan_compatible(self.record, system, self.path)
+        from ..kernels.launcher import AggregationKernel
+
+        trt, drv = self._trt, self._drv
+        # The kernel launcher retains the device's primary context (the one TensorRT's runtime uses).
+        self.kernel = None
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        with open(self.path, "rb") as f:
+            self.engine = self._runtime.deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise BagcamsError(f"TensorRT could not deserialize {self.path} (see the messages above)")
+        self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BagcamsError(f"TensorRT could not create an execution context for {self.path}")
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        missing = [n for n in ("image", "class_id") if n not in self.inputs]
+        missing += [n for n in self.graph_outputs if n not in self.outputs]
+        if missing:
+            raise BagcamsError(f"{self.path}: engine lacks tensors {missing} of the bagcams-deploy contract")
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        if self.use_kernel:
+            f_dt, g_dt = self.dtypes["features"], self.dtypes["gradients"]
+            if f_dt != g_dt:
+                raise BagcamsError(f"{self.path}: features are {f_dt} but gradients {g_dt}; the kernel needs one type")
+            self.kernel = AggregationKernel(self._spec.method, f_dt.name)
+        else:
+            import pycuda.autoprimaryctx  # noqa: F401  - same primary context as TensorRT
+        self.stream = drv.Stream()
+        self._events = [drv.Event() for _ in range(5)]
+        self._buffers: dict[int, _Buffers] = {}
+        self._profile = self.record["profile"]
+
+    def deactivate_impl(self) -> None:
+        for b in self._buffers.values():
+            b.free()
+        self._buffers = {}
+        self.context = None
+        self.engine = None
+        self.kernel = None
+
+    # -- buffers ---------------------------------------------------------------------------------
+
+    def _buffers_for(self, n: int) -> _Buffers:
+        if n in self._buffers:
+            return self._buffers[n]
+        lo, hi = self._profile["min_batch"], self._profile["max_batch"]
+        if not lo <= n <= hi:
+            raise BagcamsError(
+                f"batch of {n} is outside the engine's profile ({lo}..{hi}); rebuild with build-engine "
+                f"--min-batch/--max-batch, or use a batch size in range"
+            )
+        drv, ctx = self._drv, self.context
+        h, w = self._spec.input_size
+        if not ctx.set_input_shape("image", (n, 3, h, w)) or not ctx.set_input_shape("class_id", (n,)):
+            raise BagcamsError(f"TensorRT refused input shape [{n}, 3, {h}, {w}] for {self.path}")
+        device, host = {}, {}
+        try:
+            for name in self.inputs + self.outputs:
+                shape = tuple(ctx.get_tensor_shape(name))
+                if any(d < 0 for d in shape):
+                    raise BagcamsError(f"TensorRT left {name} with an unresolved shape {shape}")
+                host[name] = drv.pagelocked_empty(shape, self.dtypes[name])
+                device[name] = drv.mem_alloc(max(1, host[name].nbytes))
+            kernel_cam = None
+            if self.use_kernel:
+                host["cam"] = drv.pagelocked_empty((n, 1, h, w), np.float32)
+                kernel_cam = drv.mem_alloc(host["cam"].nbytes)
+        except drv.Error as exc:
+            for buf in device.values():
+                buf.free()
+            raise BagcamsError(f"cannot allocate GPU buffers for a batch of {n}: {exc}") from None
+        buffers = _Buffers(n, device, host, kernel_cam)
+        self._buffers[n] = buffers
+        total = sum(a.nbytes for a in host.values())
+        engine_mem = getattr(self.engine, "device_memory_size_v2", None) or self.engine.device_memory_size
+        self.gpu_memory_mb = (total + int(engine_mem)) / 2**20
+        return buffers
+
+    # -- inference -------------------------------------------------------------------------------
+
+    def _enqueue(self, b: _Buffers, timed: bool = True) -> None:
+        """Engine + kernel on the stream (the part a CUDA graph captures, untimed)."""
+        ctx, s, ev = self.context, self.stream, self._events
+        if timed:
+            ev[1].record(s)
+        if not ctx.execute_async_v3(s.handle):
+            raise BagcamsError(f"TensorRT execute_async_v3 failed on {self.path} (see the messages above)")
+        if timed:
+            ev[2].record(s)
+        if self.use_kernel:
+            n, k, fh, fw = b.host["features"].shape
+            h, w = self._spec.input_size
+            self.kernel.launch(int(b.device["features"]), int(b.device["gradients"]), int(b.kernel_cam),
+                               n, k, fh, fw, h, w, self._spec.gradient_scale, s)  # fmt: skip
+        if timed:
+            ev[3].record(s)
+
+    def infer_impl(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
+        drv, s, ev = self._drv, self.stream, self._events
+        n = images.shape[0]
+        t0 = time.perf_counter()
+        b = self._buffers_for(n)
+        ctx = self.context
+        h, w = self._spec.input_size
+        ctx.set_input_shape("image", (n, 3, h, w))
+        ctx.set_input_shape("class_id", (n,))
+        for name, buf in b.device.items():
+            ctx.set_tensor_address(name, int(buf))
+        b.host["image"][...] = images
+        b.host["class_id"][...] = class_ids.astype(self.dtypes["class_id"])
+        try:
+            ev[0].record(s)
+            drv.memcpy_htod_async(b.device["image"], b.host["image"], s)
+            drv.memcpy_htod_async(b.device["class_id"], b.host["class_id"], s)
+            if self.cuda_graph:
+                if b.graph is None:
+                    self._enqueue(b)  # first run: TensorRT finishes deferred setup outside the capture
+                    from .cuda_graph import CudaGraph
+
+                    graph = CudaGraph()
+                    graph.capture(s.handle, lambda: self._enqueue(b, timed=False))
+                    b.graph = graph
+                ev[1].record(s)
+                b.graph.launch(s.handle)
+                ev[2].record(s)
+                ev[3].record(s)
+            else:
+                self._enqueue(b)
+            wanted = self.fetch or (*self.graph_outputs, "cam")
+            for name in dict.fromkeys(wanted):
+                if name == "cam" and self.use_kernel:
+                    drv.memcpy_dtoh_async(b.host["cam"], b.kernel_cam, s)
+                elif name in b.device:
+                    drv.memcpy_dtoh_async(b.host[name], b.device[name], s)
+            ev[4].record(s)
+            s.synchronize()
+        except drv.Error as exc:
+            raise BagcamsError(f"{self.name} failed on {self.path}: {exc}") from None
+        self.last_inference_time = time.perf_counter() - t0
+        self.stage_times = {
+            "h2d": ev[1].time_since(ev[0]) / 1e3,
+            "engine": ev[2].time_since(ev[1]) / 1e3,
+            "kernel": ev[3].time_since(ev[2]) / 1e3,
+            "d2h": ev[4].time_since(ev[3]) / 1e3,
+        }
+        out = {}
+        for name in dict.fromkeys(wanted):
+            if name in b.host:
+                out[name] = np.array(b.host[name])  # copy: the pinned buffers are reused
+        if "class_id_used" in out:
+            out["class_id_used"] = out["class_id_used"].astype(np.int64)
+        return out

@@ -1,0 +1,225 @@
+"""Build TensorRT engines from our ONNX graphs, and the plan's sidecar that makes them safe to load.
+
+A serialized TensorRT plan only runs on the TensorRT version that built it and is tuned for one GPU
+model; loaded elsewhere it fails deep inside ``deserialize_cuda_engine`` or, worse, runs slowly. So
+``build-engine`` writes ``<plan>.json`` beside the plan: the export's metadata (method, target layer,
+mean/std, gradient scale, class names: everything a consumer needs without the ONNX file), the
+optimization profile, the output dtypes, and the TensorRT version, GPU name and compute capability it
+was built with. :func:`check_plan_compatible` compares that record with the running system before
+anything is deserialized; it is a pure function so it is tested without a GPU.
+
+Precision is not chosen here. TensorRT 11 builds strongly typed networks only (the FP16/BF16 builder
+flags are gone), so every layer runs in the type the ONNX graph gives it: a ``--precision fp16`` export
+builds a half-precision engine, a float32 export a float32 one (TF32 allowed on Ampere and later). On
+TensorRT 10 the network is created with the ``STRONGLY_TYPED`` flag for the same behaviour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import BagcamsError, require
+from ..export.contract import class_names_of, read_graph_info
+
+SIDECAR_FORMAT = "bagcams-deploy-plan-v1"
+_TRT_HINT = "pip install tensorrt (TensorRT 10 or 11) on a machine with an NVIDIA GPU"
+_PYCUDA_HINT = "pip install pycuda on a machine with an NVIDIA GPU"
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """The optimization profile's batch sizes (H and W are fixed by the graph or ``--input-size``)."""
+
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+
+    def check(self) -> BatchProfile:
+        if self.min_batch < 1:
+            raise BagcamsError(f"--min-batch must be >= 1, got {self.min_batch}")
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise BagcamsError(
+                f"batch profile must satisfy min <= opt <= max, got min {self.min_batch}, "
+                f"opt {self.opt_batch}, max {self.max_batch}"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    """What a plan is bound to: the TensorRT version and the GPU."""
+
+    tensorrt_version: str
+    device_name: str
+    compute_capability: tuple[int, int]
+
+
+def sidecar_path(plan: str | Path) -> Path:
+    return Path(str(plan) + ".json")
+
+
+def check_plan_compatible(sidecar: dict, system: SystemInfo, plan: str | Path = "plan") -> None:
+    """Refuse a plan built for another TensorRT version or GPU, naming both sides and the fix."""
+    if sidecar.get("format") != SIDECAR_FORMAT:
+        raise BagcamsError(f"{sidecar_path(plan)}: not a bagcams-deploy plan record (format {sidecar.get('format')!r})")
+    built = sidecar.get("built_with", {})
+    rebuild = f"rebuild it here: bagcams-deploy build-engine MODEL.onnx --output {plan}"
+    if built.get("tensorrt_version") != system.tensorrt_version:
+        raise BagcamsError(
+            f"{plan} was built with TensorRT {built.get('tensorrt_version')} but this is TensorRT "
+            f"{system.tensorrt_version}; plans only load on the version that built them; {rebuild}"
+        )
+    cc = tuple(built.get("compute_capability", ()))
+    if built.get("device_name") != system.device_name or cc != tuple(system.compute_capability):
+        raise BagcamsError(
+            f"{plan} was built for {built.get('device_name')} (sm_{''.join(map(str, cc))}) but this GPU is "
+            f"{system.device_name} (sm_{''.join(map(str, system.compute_capability))}); {rebuild}"
+        )
+
+
+def read_sidecar(plan: str | Path) -> dict:
+    """The plan's record; a plan without one was not built by ``build-engine`` and is refused."""
+    plan = Path(plan)
+    if not plan.is_file():
+        raise BagcamsError(f"TensorRT plan not found: {plan}")
+    side = sidecar_path(plan)
+    if not side.is_file():
+        raise BagcamsError(
+            f"{plan} has no {side.name} beside it (the export metadata and build record that "
+            "bagcams-deploy build-engine writes); rebuild the plan with build-engine"
+        )
+    try:
+        record = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BagcamsError(f"{side} is not valid JSON ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != SIDECAR_FORMAT:
+        raise BagcamsError(f"{side} is not a bagcams-deploy plan record")
+    digest = _sha256(plan)
+    if record.get("plan_sha256") != digest:
+        raise BagcamsError(f"{plan} does not match its record {side.name} (sha256 differs): rebuild the plan")
+    return record
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def current_system() -> SystemInfo:
+    """The running TensorRT version and current CUDA device (needs tensorrt and pycuda)."""
+    trt = require("tensorrt", "TensorRT engines", _TRT_HINT)
+    drv = require("pycuda.driver", "TensorRT engines", _PYCUDA_HINT)
+    try:
+        drv.init()
+        if drv.Device.count() < 1:
+            raise BagcamsError("TensorRT engines need a CUDA GPU; none is visible")
+        dev = drv.Device(int(os.environ.get("BAGCAMS_CUDA_DEVICE", "0")))
+        return SystemInfo(str(trt.__version__), dev.name(), tuple(dev.compute_capability()))
+    except drv.Error as exc:
+        raise BagcamsError(f"cannot query the CUDA device: {exc}") from None
+
+
+def _trt_major(trt) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def build_engine(
+    onnx_path: str | Path,
+    plan_path: str | Path,
+    profile: BatchProfile = BatchProfile(),
+    workspace_gb: float = 4.0,
+    timing_cache: str | Path | None = None,
+    input_size: tuple[int, int] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Parse the graph, build a plan with one optimization profile, write plan + sidecar; returns the record."""
+    onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    info = read_graph_info(onnx_path)  # also: "not ours" / missing file errors, before TensorRT is needed
+    profile.check()
+    if workspace_gb <= 0:
+        raise BagcamsError(f"--workspace-gb must be > 0, got {workspace_gb}")
+    size = info.input_size
+    if size is None:
+        if input_size is None:
+            raise BagcamsError(f"{onnx_path} has a dynamic input size: give --input-size for the engine's profile")
+        size = input_size
+    elif input_size is not None and tuple(input_size) != tuple(size):
+        raise BagcamsError(f"{onnx_path} takes {size[0]}x{size[1]} images; --input-size {input_size} disagrees")
+    system = current_system()
+    trt = require("tensorrt", "build-engine", _TRT_HINT)
+    say = log or (lambda _m: None)
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if _trt_major(trt) < 11:  # TensorRT 11: always strongly typed, the flag is deprecated
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise BagcamsError(f"TensorRT could not parse {onnx_path}: " + " | ".join(errors[:3]))
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    opt_profile = builder.create_optimization_profile()
+    h, w = size
+    opt_profile.set_shape("image", (profile.min_batch, 3, h, w), (profile.opt_batch, 3, h, w),
+                          (profile.max_batch, 3, h, w))  # fmt: skip
+    opt_profile.set_shape("class_id", (profile.min_batch,), (profile.opt_batch,), (profile.max_batch,))
+    config.add_optimization_profile(opt_profile)
+
+    cache_path = Path(timing_cache) if timing_cache else None
+    if cache_path is not None:
+        blob = cache_path.read_bytes() if cache_path.is_file() else b""
+        cache = config.create_timing_cache(blob)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        say(f"timing cache {cache_path} ({'read ' + str(len(blob)) + ' bytes' if blob else 'new'})")
+
+    say(f"building {system.device_name} engine with TensorRT {system.tensorrt_version} "
+        f"(batch {profile.min_batch}/{profile.opt_batch}/{profile.max_batch}, {h}x{w}, {info.precision} graph)")  # fmt: skip
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BagcamsError(f"TensorRT failed to build an engine from {onnx_path} (see the messages above)")
+    seconds = time.perf_counter() - t0
+
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
+
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = plan_path.with_name(plan_path.name + ".tmp")
+    tmp.write_bytes(memoryview(serialized))
+    tmp.replace(plan_path)
+    graph = {k: v for k, v in asdict(info).items() if k != "path"}
+    graph["input_size"] = [h, w]
+    record = {
+        "format": SIDECAR_FORMAT,
+        "graph": graph,
+        "class_names": list(class_names_of(onnx_path) or []) or None,
+        "source_onnx": str(onnx_path),
+        "source_onnx_sha256": _sha256(onnx_path),
+        "plan_sha256": _sha256(plan_path),
+        "profile": asdict(profile),
+        "workspace_gb": workspace_gb,
+        "build_seconds": seconds,
+        "built_with": {
+            "tensorrt_version": system.tensorrt_version,
+            "device_name": system.device_name,
+            "compute_capability": list(system.compute_capability),
+        },
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    sidecar_path(plan_path).write_text(json.dumps(record, indent=2) + "\n")
+    say(f"wrote {plan_path} ({plan_path.stat().st_size / 1e6:.1f} MB) in {seconds:.0f}s and {sidecar_path(plan_path).name}")
+    return record

@@ -1,0 +1,183 @@
+"""TensorRT engines: plan records and compatibility (pure, run everywhere), CLI errors without TensorRT,
+and, on a GPU with TensorRT and PyCUDA, build + run against ONNX Runtime's maps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bagcams_deploy.errors import BagcamsError
+from bagcams_deploy.export.onnx_export import export_onnx
+from bagcams_deploy.runtime.tensorrt_build import (
+    SIDECAR_FORMAT,
+    BatchProfile,
+    SystemInfo,
+    check_plan_compatible,
+    read_sidecar,
+    sidecar_path,
+)
+
+from .conftest import TEST_SIZE
+
+HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
+needs_trt = pytest.mark.skipif(not HAVE_TRT, reason="needs tensorrt and pycuda (pip install 'bagcams-deploy[gpu]')")
+
+HERE = SystemInfo("10.13.3.9", "NVIDIA A10", (8, 6))
+
+
+def record_for(system: SystemInfo) -> dict:
+    return {
+        "format": SIDECAR_FORMAT,
+        "built_with": {
+            "tensorrt_version": system.tensorrt_version,
+            "device_name": system.device_name,
+            "compute_capability": list(system.compute_capability),
+        },
+    }
+
+
+def test_same_system_is_compatible():
+    check_plan_compatible(record_for(HERE), HERE, "m.plan")
+
+
+@pytest.mark.parametrize(
+    ("built", "needle"),
+    [
+        (SystemInfo("10.12.0.36", "NVIDIA A10", (8, 6)), "built with TensorRT 10.12.0.36 but this is TensorRT 10.13.3.9"),
+        (SystemInfo("10.13.3.9", "NVIDIA A40", (8, 6)), "built for NVIDIA A40 (sm_86) but this GPU is NVIDIA A10"),
+        (SystemInfo("10.13.3.9", "NVIDIA H100", (9, 0)), "built for NVIDIA H100 (sm_90)"),
+    ],
+)
+def test_other_tensorrt_or_gpu_is_refused_with_both_sides_named(built, needle):
+    with pytest.raises(BagcamsError, match="rebuild it here") as err:
+        check_plan_compatible(record_for(built), HERE, "m.plan")
+    assert needle in str(err.value)
+
+
+def test_batch_profile_is_checked():
+    BatchProfile(1, 1, 1).check()
+    for bad in (BatchProfile(0, 1, 2), BatchProfile(4, 2, 8), BatchProfile(1, 16, 8)):
+        with pytest.raises(BagcamsError, match="batch"):
+            bad.check()
+
+
+def test_plan_without_record_or_with_tampered_bytes_is_refused(tmp_path):
+    plan = tmp_path / "m.plan"
+    with pytest.raises(BagcamsError, match="not found"):
+        read_sidecar(plan)
+    plan.write_bytes(b"\x00plan-bytes")
+    with pytest.raises(BagcamsError, match="rebuild the plan with build-engine"):
+        read_sidecar(plan)
+    sidecar_path(plan).write_text("{not json")
+    with pytest.raises(BagcamsError, match="not valid JSON"):
+        read_sidecar(plan)
+    sidecar_path(plan).write_text(json.dumps({"format": SIDECAR_FORMAT, "plan_sha256": "0" * 64}))
+    with pytest.raises(BagcamsError, match="sha256 differs"):
+        read_sidecar(plan)
+
+
+@pytest.fixture(scope="module")
+def small_graph(models, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("trt") / "r18.onnx"
+    export_onnx(models["resnet18"], out, method="bagcams", target_layer="layer3", input_size=TEST_SIZE["resnet18"])
+    return out
+
+
+def test_build_engine_cli_errors_are_one_line(cli, small_graph, tmp_path):
+    r = cli("build-engine", tmp_path / "missing.onnx", "--output", tmp_path / "m.plan")
+    assert r.code == 1 and "not found" in r.err and len(r.err.strip().splitlines()) == 1
+    r = cli("build-engine", small_graph, "--output", tmp_path / "m.plan", "--min-batch", "4", "--opt-batch", "2")
+    assert r.code == 1 and "min <= opt <= max" in r.err
+    r = cli("build-engine", small_graph, "--output", tmp_path / "m.plan", "--workspace-gb", "0")
+    assert r.code == 1 and "--workspace-gb" in r.err
+    if not HAVE_TRT:  # a valid request on a machine without TensorRT: say what to install
+        r = cli("build-engine", small_graph, "--output", tmp_path / "m.plan")
+        assert r.code == 1 and "tensorrt" in r.err.lower() and len(r.err.strip().splitlines()) == 1
+        assert not (tmp_path / "m.plan").exists()
+
+
+def test_plan_backends_refuse_a_plan_without_record(cli, tmp_path, checkpoints):
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"\x00plan-bytes")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(image)
+    for cmd in (["localize", "--model", plan, image, "--out", tmp_path / "o"], ["engine-info", plan]):
+        r = cli(*cmd)
+        assert r.code == 1 and "build-engine" in r.err, r.err
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+
+
+@pytest.fixture(scope="module")
+def engines(small_graph, models, tmp_path_factory):
+    from bagcams_deploy.runtime.tensorrt_build import build_engine
+
+    root = tmp_path_factory.mktemp("plans")
+    nocam = root / "r18_nocam.onnx"
+    export_onnx(models["resnet18"], nocam, method="bagcams", target_layer="layer3",
+                input_size=TEST_SIZE["resnet18"], with_cam=False)  # fmt: skip
+    half = root / "r18_fp16.onnx"
+    export_onnx(models["resnet18"], half, method="bagcams", target_layer="layer3",
+                input_size=TEST_SIZE["resnet18"], precision="fp16")  # fmt: skip
+    prof = BatchProfile(1, 4, 8)
+    return {
+        "cam": (small_graph, build_engine(small_graph, root / "cam.plan", prof) and root / "cam.plan"),
+        "nocam": (nocam, build_engine(nocam, root / "nocam.plan", prof) and root / "nocam.plan"),
+        "fp16": (half, build_engine(half, root / "fp16.plan", prof) and root / "fp16.plan"),
+    }
+
+
+def _maps(backend, images, ids=None):
+    with backend as b:
+        return b.infer(images, ids)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+@pytest.mark.gpu
+@needs_trt
+@pytest.mark.parametrize(("plan_key", "backend", "cuda_graph"),
+                         [("nocam", "tensorrt", False), ("cam", "tensorrt-cam", False), ("nocam", "tensorrt", True),
+                          ("fp16", "tensorrt", False)])  # fmt: skip
+def test_engine_maps_match_onnx_runtime(engines, plan_key, backend, cuda_graph):
+    from bagcams_deploy.runtime.ort_backend import OrtBackend
+    from bagcams_deploy.runtime.tensorrt_backend import TensorRTBackend
+
+    graph, plan = engines[plan_key]
+    rng = np.random.default_rng()
+    size = TEST_SIZE["resnet18"]
+    images = rng.standard_normal((3, 3, size, size)).astype(np.float32)
+    ids = np.array([-1, 2, 5])
+    ref = _maps(OrtBackend(str(engines["cam"][0])), images, ids)
+    trt_out = _maps(TensorRTBackend(str(plan), use_kernel=(backend == "tensorrt"), cuda_graph=cuda_graph), images, ids)
+    assert np.array_equal(trt_out["class_id_used"], ref["class_id_used"])
+    bar = 0.999 if plan_key == "fp16" else 0.99999
+    for i in range(3):
+        assert _pearson(trt_out["cam"][i], ref["cam"][i]) > bar
+    assert np.isfinite(trt_out["cam"]).all() and trt_out["cam"].min() >= 0 and trt_out["cam"].max() <= 1
+
+
+@pytest.mark.gpu
+@needs_trt
+def test_engine_refuses_batches_outside_its_profile_and_edited_records(engines, tmp_path):
+    from bagcams_deploy.runtime.tensorrt_backend import TensorRTBackend
+
+    _, plan = engines["nocam"]
+    size = TEST_SIZE["resnet18"]
+    with TensorRTBackend(str(plan)) as b, pytest.raises(BagcamsError, match="outside the engine's profile"):
+        b.infer(np.zeros((9, 3, size, size), np.float32))
+    copy = tmp_path / "copy.plan"
+    copy.write_bytes(plan.read_bytes())
+    record = json.loads(sidecar_path(plan).read_text())
+    record["built_with"]["tensorrt_version"] = "0.0.1"
+    sidecar_path(copy).write_text(json.dumps(record))
+    with pytest.raises(BagcamsError, match="built with TensorRT 0.0.1"):
+        TensorRTBackend(str(copy)).activate()
