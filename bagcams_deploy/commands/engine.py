@@ -36,8 +36,11 @@ def build_engine_cmd(
         log=typer.echo,
     )
     g = record["graph"]
-    typer.echo(f"{output}: {g['method']} at {g['target_layer']} ({g['architecture']}, {g['precision']}), "
-               f"TensorRT {record['built_with']['tensorrt_version']} on {record['built_with']['device_name']}")  # fmt: skip
+    built = record["built_with"]
+    typer.echo(
+        f"{output}: {g['method']} at {g['target_layer']} ({g['architecture']}, {g['precision']}), "
+        f"TensorRT {built['tensorrt_version']} on {built['device_name']}"
+    )
 
 
 def engine_info(

@@ -8,6 +8,7 @@ small batches. Every call's ``CUresult`` is checked and reported by name.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 from collections.abc import Callable
@@ -74,7 +75,5 @@ class CudaGraph:
             self._graph = ctypes.c_void_p()
 
     def __del__(self) -> None:  # best effort; the context may already be gone at exit
-        try:
+        with contextlib.suppress(Exception):
             self.free()
-        except Exception:
-            pass

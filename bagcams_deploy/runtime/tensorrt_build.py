@@ -185,8 +185,9 @@ def build_engine(
         config.set_timing_cache(cache, ignore_mismatch=False)
         say(f"timing cache {cache_path} ({'read ' + str(len(blob)) + ' bytes' if blob else 'new'})")
 
+    batches = f"{profile.min_batch}/{profile.opt_batch}/{profile.max_batch}"
     say(f"building {system.device_name} engine with TensorRT {system.tensorrt_version} "
-        f"(batch {profile.min_batch}/{profile.opt_batch}/{profile.max_batch}, {h}x{w}, {info.precision} graph)")  # fmt: skip
+        f"(batch {batches}, {h}x{w}, {info.precision} graph)")  # fmt: skip
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -221,5 +222,6 @@ def build_engine(
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     sidecar_path(plan_path).write_text(json.dumps(record, indent=2) + "\n")
-    say(f"wrote {plan_path} ({plan_path.stat().st_size / 1e6:.1f} MB) in {seconds:.0f}s and {sidecar_path(plan_path).name}")
+    mb = plan_path.stat().st_size / 1e6
+    say(f"wrote {plan_path} ({mb:.1f} MB) in {seconds:.0f}s and {sidecar_path(plan_path).name}")
     return record
