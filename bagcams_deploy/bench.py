@@ -185,14 +185,15 @@ def run_benchmark(
     on_row=None,
 ) -> dict:
     """Benchmark ``backends`` at each batch size; returns a JSON-able report (rows + machine info)."""
-    from .export.contract import read_graph_info
     from .export.onnx_export import export_forward_onnx
     from .models import load_model
 
     if any(b.startswith("torch") for b in backends) and not checkpoint:
         raise BagcamsError("torch backends need --checkpoint")
-    info = read_graph_info(model_path) if model_path.endswith(".onnx") else None
-    size = info.input_size if info and info.input_size else (224, 224)
+    from .runtime.open import read_model_info
+
+    info = read_model_info(model_path)
+    size = info.input_size or (224, 224)
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory() as tmp:
         floor_path = None

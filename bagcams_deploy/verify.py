@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BagcamsError
-from .export.contract import read_graph_info
+from .export.contract import GraphInfo, read_graph_info
 from .models.wsol import WSOLModel
 from .preprocessing import load_image, preprocess
 from .runtime.base import Backend
@@ -153,11 +153,11 @@ def random_images(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
     return preprocess(out, size).numpy()
 
 
-def check_checkpoint_matches(graph: str, model: WSOLModel) -> None:
-    info = read_graph_info(graph)
+def check_checkpoint_matches(graph: str | GraphInfo, model: WSOLModel) -> None:
+    info = graph if isinstance(graph, GraphInfo) else read_graph_info(graph)
     if info.architecture != model.architecture or info.num_classes != model.num_classes:
         raise BagcamsError(
-            f"checkpoint does not match {graph}: graph is {info.architecture} with {info.num_classes} classes, "
+            f"checkpoint does not match {info.path}: graph is {info.architecture} with {info.num_classes} classes, "
             f"checkpoint is {model.architecture} with {model.num_classes}"
         )
 

@@ -181,3 +181,42 @@ def test_engine_refuses_batches_outside_its_profile_and_edited_records(engines, 
     sidecar_path(copy).write_text(json.dumps(record))
     with pytest.raises(BagcamsError, match=r"built with TensorRT 0\.0\.1"):
         TensorRTBackend(str(copy)).activate()
+
+
+def _fake_plan(graph: Path, plan: Path) -> None:
+    """A plan record as build-engine writes it, over placeholder bytes (no TensorRT needed)."""
+    import dataclasses
+    import hashlib
+
+    from bagcams_deploy.export.contract import read_graph_info
+
+    plan.write_bytes(b"\x00not-a-real-engine")
+    info = {k: v for k, v in dataclasses.asdict(read_graph_info(graph)).items() if k != "path"}
+    record = record_for(HERE) | {
+        "graph": info,
+        "class_names": None,
+        "profile": {"min_batch": 1, "opt_batch": 2, "max_batch": 4},
+        "plan_sha256": hashlib.sha256(plan.read_bytes()).hexdigest(),
+    }
+    sidecar_path(plan).write_text(json.dumps(record))
+
+
+def test_plan_record_stands_in_for_the_graph_metadata(small_graph, tmp_path):
+    from bagcams_deploy.export.contract import read_graph_info
+    from bagcams_deploy.runtime.open import read_model_info
+
+    plan = tmp_path / "m.plan"
+    _fake_plan(small_graph, plan)
+    got, want = read_model_info(plan), read_graph_info(small_graph)
+    assert got.path == str(plan)
+    for field in ("method", "target_layer", "architecture", "num_classes", "input_size", "mean", "std",
+                  "gradient_scale", "precision", "outputs"):  # fmt: skip
+        assert getattr(got, field) == getattr(want, field), field
+
+
+@pytest.mark.skipif(HAVE_TRT, reason="checks the message shown where TensorRT is missing")
+def test_verify_on_a_plan_without_tensorrt_says_what_to_install(cli, small_graph, checkpoints, tmp_path):
+    plan = tmp_path / "m.plan"
+    _fake_plan(small_graph, plan)
+    r = cli("verify", plan, "--checkpoint", checkpoints["resnet18"], "--num-random", "1")
+    assert r.code == 1 and "tensorrt" in r.err.lower() and len(r.err.strip().splitlines()) == 1, r.err

@@ -74,22 +74,20 @@ def verify(
     pixels_off: float = typer.Option(None, "--max-pixels-off", help="share of map pixels allowed off by > 0.01"),
 ) -> None:
     """Compare a deployment with the PyTorch reference; exit 1 when a tolerance is exceeded."""
-    from ..export.contract import read_graph_info
     from ..models import load_model
     from ..preprocessing import expand_image_paths
     from ..runtime import create_backend
+    from ..runtime.open import PLAN_SUFFIXES, read_model_info
+    from ..runtime.registry import default_backend
     from ..verify import Tolerances, check_checkpoint_matches, verify_backend
 
-    if str(model_path).endswith(".onnx"):
-        info = read_graph_info(model_path)
-        model = load_model(checkpoint, info.architecture)
-        check_checkpoint_matches(str(model_path), model)
-    else:
-        model = load_model(checkpoint)
-    from ..runtime.registry import default_backend
-
-    b = create_backend(backend or default_backend(), graph=model_path, model=model, threads=threads, exact=exact)
-    precision = getattr(getattr(b, "info", None), "precision", "fp32")
+    info = read_model_info(model_path)
+    model = load_model(checkpoint, info.architecture)
+    check_checkpoint_matches(info, model)
+    is_plan = str(model_path).lower().endswith(PLAN_SUFFIXES)
+    name = backend or ("tensorrt" if is_plan else default_backend())
+    b = create_backend(name, graph=model_path, model=model, threads=threads, exact=exact)
+    precision = info.precision
     tol = Tolerances.for_precision(precision)
     for name, value in (("map_pearson", pearson), ("map_iou50", iou50), ("gradient_rel_l2", grad_rel),
                         ("map_pixels_off", pixels_off)):  # fmt: skip

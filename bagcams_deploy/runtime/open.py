@@ -5,10 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import BagcamsError
+from ..export.contract import GraphInfo, read_graph_info
 from .base import Backend
 from .registry import create_backend, default_backend
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
+PLAN_SUFFIXES = (".plan", ".engine")
+
+
+def read_model_info(path: str | Path) -> GraphInfo:
+    """Export metadata of a deployed model: an ONNX graph's own, or a TensorRT plan's record."""
+    if str(path).lower().endswith(PLAN_SUFFIXES):
+        from .tensorrt_build import graph_info_of_plan
+
+        return graph_info_of_plan(path)
+    return read_graph_info(path)
 
 
 def open_model(

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BagcamsError
-from ..export.contract import read_graph_info
 from ..models.wsol import WSOLModel
 from .base import Backend
 
@@ -64,8 +63,10 @@ def create_backend(
         if model is None:
             raise BagcamsError(f"backend {name} needs the PyTorch checkpoint (--checkpoint)")
         size = None
-        if graph is not None and str(graph).endswith(".onnx"):
-            info = read_graph_info(graph)
+        if graph is not None and str(graph).lower().endswith((".onnx", ".plan", ".engine")):
+            from .open import read_model_info
+
+            info = read_model_info(graph)
             method, target_layer, size = info.method, info.target_layer, info.input_size
         if threads:
             import torch

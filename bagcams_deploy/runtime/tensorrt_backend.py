@@ -22,7 +22,14 @@ import numpy as np
 
 from ..errors import BagcamsError, require
 from .base import Backend, BackendSpec
-from .tensorrt_build import _PYCUDA_HINT, _TRT_HINT, check_plan_compatible, current_system, read_sidecar
+from .tensorrt_build import (
+    _PYCUDA_HINT,
+    _TRT_HINT,
+    check_plan_compatible,
+    current_system,
+    graph_info_of_plan,
+    read_sidecar,
+)
 
 
 def spec_from_sidecar(record: dict) -> BackendSpec:
@@ -69,6 +76,7 @@ class TensorRTBackend(Backend):
         self.name = "tensorrt" if use_kernel else "tensorrt-cam"
         self.path, self.use_kernel, self.cuda_graph = str(path), use_kernel, cuda_graph
         self.record = read_sidecar(path)
+        self.info = graph_info_of_plan(path)  # what verify/bench read from any graph backend
         self._spec = spec_from_sidecar(self.record)
         graph_outputs = tuple(self.record["graph"]["outputs"])
         if use_kernel and self._spec.method == "cam":

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import BagcamsError, require
-from ..export.contract import class_names_of, read_graph_info
+from ..export.contract import GraphInfo, class_names_of, read_graph_info
 
 SIDECAR_FORMAT = "bagcams-deploy-plan-v1"
 _TRT_HINT = "pip install tensorrt (TensorRT 10 or 11) on a machine with an NVIDIA GPU"
@@ -81,6 +81,28 @@ def check_plan_compatible(sidecar: dict, system: SystemInfo, plan: str | Path = 
             f"{plan} was built for {built.get('device_name')} (sm_{''.join(map(str, cc))}) but this GPU is "
             f"{system.device_name} (sm_{''.join(map(str, system.compute_capability))}); {rebuild}"
         )
+
+
+def graph_info_of_plan(plan: str | Path) -> GraphInfo:
+    """The export metadata a plan was built from (its sidecar's copy), as for an ONNX graph."""
+    g = read_sidecar(plan)["graph"]
+    try:
+        return GraphInfo(
+            path=str(plan),
+            method=g["method"],
+            target_layer=g["target_layer"],
+            architecture=g["architecture"],
+            num_classes=int(g["num_classes"]),
+            input_size=(int(g["input_size"][0]), int(g["input_size"][1])),
+            mean=tuple(float(v) for v in g["mean"]),
+            std=tuple(float(v) for v in g["std"]),
+            gradient_scale=float(g["gradient_scale"]),
+            precision=str(g["precision"]),
+            outputs=tuple(g["outputs"]),
+            producer_version=str(g.get("producer_version", "")),
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise BagcamsError(f"{sidecar_path(plan)}: incomplete export metadata ({exc})") from None
 
 
 def read_sidecar(plan: str | Path) -> dict:
