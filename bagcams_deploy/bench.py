@@ -95,11 +95,11 @@ def _child(job: dict, queue: mp.Queue) -> None:
     """Runs in a fresh process: build one backend, warm up, time ``iters`` calls, report peak RSS."""
     try:
         threads = job["threads"]
-        if threads:
+        wants_model = job["backend"].startswith("torch")
+        if threads and wants_model:  # graph backends run without torch, as a deployment does
             import torch
 
             torch.set_num_threads(threads)
-        from .models import load_model
         from .runtime import create_backend
 
         rng = np.random.default_rng(0)
@@ -118,8 +118,11 @@ def _child(job: dict, queue: mp.Queue) -> None:
 
             extra: dict = {}
         else:
-            wants_model = job["backend"].startswith("torch")
-            model = load_model(job["checkpoint"]) if wants_model and job["checkpoint"] else None
+            model = None
+            if wants_model and job["checkpoint"]:
+                from .models import load_model
+
+                model = load_model(job["checkpoint"])
             backend = create_backend(
                 job["backend"],
                 graph=job["model"],
@@ -144,7 +147,7 @@ def _child(job: dict, queue: mp.Queue) -> None:
             extra.update({f"stage_{k}_s": v for k, v in getattr(backend, "stage_times", {}).items()})
             if getattr(backend, "gpu_memory_mb", None) is not None:
                 extra["gpu_memory_mb"] = backend.gpu_memory_mb
-            if job["device"].startswith("cuda") or job["backend"].endswith("cudagraph"):
+            if wants_model and (job["device"].startswith("cuda") or job["backend"].endswith("cudagraph")):
                 import torch
 
                 extra["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -159,13 +162,18 @@ def _run_isolated(job: dict, timeout: float) -> dict:
     queue: mp.Queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(job, queue))
     proc.start()
-    try:
-        result = queue.get(timeout=timeout)
-    except Exception:
-        proc.kill()
-        raise BagcamsError(
-            f"benchmark of {job['backend']} at batch {job['batch']} timed out after {timeout:.0f}s"
-        ) from None
+    what = f"benchmark of {job['backend']} at batch {job['batch']}"
+    deadline = time.monotonic() + timeout
+    while True:  # poll, so a child that dies (out of memory, a crash in native code) is reported at once
+        try:
+            result = queue.get(timeout=1.0)
+            break
+        except Exception:
+            if not proc.is_alive():
+                raise BagcamsError(f"{what}: the benchmark process died (exit code {proc.exitcode})") from None
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise BagcamsError(f"{what} timed out after {timeout:.0f}s") from None
     proc.join()
     return result
 

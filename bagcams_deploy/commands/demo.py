@@ -30,8 +30,9 @@ def run_demo_evaluation(
     limit: int | None = None,
     threads: int | None = None,
     console: Console | None = None,
+    backend: str = "ort-cpu",
 ) -> dict[str, dict]:
-    """Export each method's graph and evaluate it with ``ort-cpu`` on the generated test split."""
+    """Export each method's graph and evaluate it with ``backend`` on the generated test split."""
     from ..evaluation import load_metadata
     from ..evaluation.runner import Scorer, evaluate_backend
     from ..export.onnx_export import export_onnx
@@ -49,7 +50,7 @@ def run_demo_evaluation(
         export_onnx(model, graph, method=method, target_layer=target_layer)
         scorer = Scorer(meta, mask_meta, data_root / "masks", cam_interval)
         with (
-            create_backend("ort-cpu", graph=graph, threads=threads) as b,
+            create_backend(backend, graph=graph, threads=threads) as b,
             progress_bar(n, f"evaluate {method}") as adv,
         ):
             res = evaluate_backend(b, scorer, data_root / "images", batch_size=16, limit=limit, on_batch=adv)
@@ -80,6 +81,7 @@ def demo(
     from ..methods.aggregation import METHOD_LABELS
     from ..preprocessing import expand_image_paths
     from ..runtime import create_backend
+    from ..runtime.registry import default_backend
     from ..scenes import write_dataset
     from ..verify import verify_backend
 
@@ -89,6 +91,7 @@ def demo(
         raise BagcamsError(f"the demo model is not part of this installation ({exc})") from None
 
     console = Console(width=None if Console().is_terminal else 140)
+    cpu = default_backend()  # the faster CPU runtime installed (ov-cpu with openvino, else ort-cpu)
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {}
@@ -108,11 +111,11 @@ def demo(
     r = export_onnx(model, graph, method="bagcams", target_layer="layer3")
     console.print(f"{graph}: {r.size_bytes / 1e6:.0f} MB in {r.seconds:.1f}s; outputs {', '.join(r.outputs)}")
     scene_paths = expand_image_paths([data / "images" / "test"])[:4]
-    with create_backend("ort-cpu", graph=graph, threads=threads) as b:
+    with create_backend(cpu, graph=graph, threads=threads) as b:
         rep = verify_backend(b, model, str(graph), scene_paths, num_random=4)
     worst = min(i.map_pearson for i in rep.images)
     console.print(
-        f"verify ort-cpu vs torch-reference on {len(rep.images)} images: worst map Pearson {worst:.6f}, "
+        f"verify {cpu} vs torch-reference on {len(rep.images)} images: worst map Pearson {worst:.6f}, "
         f"worst pixels off {max(i.map_pixels_off for i in rep.images):.3%}, boxes changed on "
         f"{sum(not i.boxes_equal for i in rep.images)}: " + ("PASS" if rep.passed else "FAIL")
     )
@@ -122,7 +125,7 @@ def demo(
     from ..localize import localize_images
 
     shown = expand_image_paths([data / "images" / "test"])[:num_localize]
-    with create_backend("ort-cpu", graph=graph, threads=threads) as b:
+    with create_backend(cpu, graph=graph, threads=threads) as b:
         recs = localize_images(b, shown, out / "localize", threshold=0.5)
     from ..evaluation import load_metadata
 
@@ -131,7 +134,9 @@ def demo(
     console.print(f"{len(recs)} overlays with boxes in {out / 'localize'}; {right}/{len(recs)} classified right")
 
     console.rule("5/6  evaluate CAM, GradCAM, GradCAM++, PCS and BagCAMs on the test split")
-    rows = run_demo_evaluation(ckpt, data, out, cam_interval=cam_interval, threads=threads, console=console)
+    console.print(f"backend: {cpu}")
+    rows = run_demo_evaluation(ckpt, data, out, cam_interval=cam_interval, threads=threads, console=console,
+                               backend=cpu)  # fmt: skip
     labelled = {METHOD_LABELS[m]: s for m, s in rows.items()}
     console.print(summary_table(labelled, f"{num_test} generated test scenes, resnet18 (layer3 for gradient methods)"))
     (out / "evaluation.md").write_text(summary_markdown(labelled))

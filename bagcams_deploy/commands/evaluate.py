@@ -53,7 +53,8 @@ def evaluate(
     backend: str = typer.Option(
         None,
         "--backend",
-        help="default: ort-cpu for .onnx, tensorrt for .plan, torch-reference for checkpoints",
+        help="default: ort-cuda/ov-cpu/ort-cpu (first available) for .onnx, tensorrt for .plan, "
+        "torch-reference for checkpoints",
     ),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint (for --compare-reference)"),
     method: str = typer.Option("bagcams", "--method", help="method when --model is a checkpoint"),

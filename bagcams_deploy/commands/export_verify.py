@@ -62,7 +62,9 @@ def verify(
     images: Path = typer.Option(None, "--images", help="folder (or file) of real images to check as well"),
     num_random: int = typer.Option(8, "--num-random", min=0, help="fresh random images drawn this run"),
     backend: str = typer.Option(
-        None, "--backend", help="backend under test (default: ort-cuda with a GPU, else ort-cpu)"
+        None,
+        "--backend",
+        help="backend under test (default: tensorrt for a .plan; ort-cuda with a GPU; ov-cpu if installed; ort-cpu)",
     ),
     exact: bool = typer.Option(False, "--exact", help="ONNX Runtime with graph optimisations off"),
     seed: int = typer.Option(None, "--seed", help="fix the random images (default: fresh each run)"),
@@ -85,7 +87,7 @@ def verify(
     model = load_model(checkpoint, info.architecture)
     check_checkpoint_matches(info, model)
     is_plan = str(model_path).lower().endswith(PLAN_SUFFIXES)
-    name = backend or ("tensorrt" if is_plan else default_backend())
+    name = backend or ("tensorrt" if is_plan else default_backend(exact))
     b = create_backend(name, graph=model_path, model=model, threads=threads, exact=exact)
     precision = info.precision
     tol = Tolerances.for_precision(precision)

@@ -41,7 +41,7 @@ def open_model(
         raise BagcamsError(f"model not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        name = backend or default_backend()
+        name = backend or default_backend(exact)
         torch_model = load_model(checkpoint) if name.startswith("torch") and checkpoint else None
         return create_backend(name, graph=path, model=torch_model, threads=threads, exact=exact, device=device)
     if suffix in (".plan", ".engine"):

@@ -95,5 +95,9 @@ def plain_session(path: str, threads: int | None = None, exact: bool = False, pr
         opts.inter_op_num_threads = 1
     if exact:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if (providers or ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]:
+        # The memory pattern pre-plans one block per input shape and keeps it: on the CPU it raised the
+        # ResNet-50 layer3 peak at batch 8 from 0.86 to 1.33 GB with no speed gain (measured here).
+        opts.enable_mem_pattern = False
     opts.log_severity_level = 3
     return ort.InferenceSession(path, sess_options=opts, providers=providers or ["CPUExecutionProvider"])
