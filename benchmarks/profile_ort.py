@@ -26,11 +26,14 @@ def profile(graph: str, feed: dict, runs: int, threads: int) -> dict[str, float]
     opts.inter_op_num_threads = 1
     opts.enable_mem_pattern = False
     opts.enable_profiling = True
+    opts.profile_file_prefix = str(Path(tempfile.gettempdir()) / "bagcams_ort_profile")
     opts.log_severity_level = 3
     session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
     for _ in range(runs + 1):
         session.run(None, feed)
-    trace = json.loads(Path(session.end_profiling()).read_text())
+    trace_file = Path(session.end_profiling())
+    trace = json.loads(trace_file.read_text())
+    trace_file.unlink()
     model_runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in trace if e.get("name") == "model_run")
     after_warmup = model_runs[0][1]
     by_op: collections.Counter = collections.Counter()
