@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from ..errors import BagcamsError
-from ..methods.aggregation import METHODS
+from ..methods.names import METHODS
 
 
 def register(app: typer.Typer) -> None:

@@ -78,7 +78,7 @@ def demo(
     from ..bench import run_benchmark
     from ..commands.evaluate import summary_markdown, summary_table
     from ..export.onnx_export import export_onnx
-    from ..methods.aggregation import METHOD_LABELS
+    from ..methods.names import METHOD_LABELS
     from ..preprocessing import expand_image_paths
     from ..runtime import create_backend
     from ..runtime.registry import default_backend

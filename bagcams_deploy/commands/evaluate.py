@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import BagcamsError
-from ..methods.aggregation import METHODS
+from ..methods.names import METHODS
 
 SUMMARY_KEYS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "pIoU", "PxAP")
 

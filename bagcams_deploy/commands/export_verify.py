@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import BagcamsError
-from ..methods.aggregation import METHODS
+from ..methods.names import METHODS
 
 
 def register(app: typer.Typer) -> None:

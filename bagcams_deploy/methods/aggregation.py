@@ -16,15 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-METHODS: tuple[str, ...] = ("bagcams", "gradcam", "gradcampp", "pcs", "cam")
-GRADIENT_METHODS: tuple[str, ...] = ("bagcams", "gradcam", "gradcampp", "pcs")
-METHOD_LABELS: dict[str, str] = {
-    "cam": "CAM",
-    "gradcam": "GradCAM",
-    "gradcampp": "GradCAM++",
-    "pcs": "PCS",
-    "bagcams": "BagCAMs",
-}
+from .names import GRADIENT_METHODS, METHOD_LABELS, METHODS  # noqa: F401 - re-exported for callers
 
 # GradCAM++: the published code adds this to the alpha denominator (after replacing zeros by one).
 GRADCAMPP_EPS = 1e-7
