@@ -97,6 +97,20 @@ class VerifyReport:
         d["passed"] = self.passed
         return d
 
+    def worst(self) -> dict[str, float | int]:
+        """The worst image on each measure (what accuracy tables report)."""
+        imgs = self.images
+        return {
+            "images": len(imgs),
+            "worst_map_pearson": min(i.map_pearson for i in imgs),
+            "worst_iou50": min(i.map_iou["0.5"] for i in imgs),
+            "worst_pixels_off": max(i.map_pixels_off for i in imgs),
+            "worst_map_max_abs": max(i.map_max_abs for i in imgs),
+            "worst_gradient_rel_l2": max(i.gradients_rel_l2 or 0.0 for i in imgs),
+            "boxes_changed": sum(not i.boxes_equal for i in imgs),
+            "worst_box_iou": min(i.box_iou for i in imgs),
+        }
+
 
 def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     a64, b64 = a.astype(np.float64), b.astype(np.float64)

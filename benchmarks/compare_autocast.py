@@ -93,16 +93,9 @@ def main() -> int:
             with create_backend("ort-cpu", graph=path, threads=2) as b:
                 rep = verify_backend(b, model, str(path), num_random=args.images, seed=args.seed,
                                      tolerances=Tolerances.for_precision("fp16"))  # fmt: skip
-            imgs = rep.images
             row = {
-                "graph": name, "make_seconds": seconds, "gradient_scale": scale, "images": len(imgs),
-                "mb": path.stat().st_size / 1e6,
-                "worst_map_pearson": min(i.map_pearson for i in imgs),
-                "worst_iou50": min(i.map_iou["0.5"] for i in imgs),
-                "worst_map_max_abs": max(i.map_max_abs for i in imgs),
-                "worst_gradient_rel_l2": max(i.gradients_rel_l2 or 0.0 for i in imgs),
-                "boxes_changed": sum(not i.boxes_equal for i in imgs),
-                "passed": rep.passed,
+                "graph": name, "make_seconds": seconds, "gradient_scale": scale,
+                "mb": path.stat().st_size / 1e6, **rep.worst(), "passed": rep.passed,
             }  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)

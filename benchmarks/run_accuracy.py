@@ -50,17 +50,9 @@ def main() -> int:
                         continue
                     with create_backend("ort-cpu", graph=graph, threads=2, exact=exact) as b:
                         rep = verify_backend(b, model, str(graph), num_random=args.images, seed=args.seed)
-                    imgs = rep.images
                     row = {
                         "architecture": arch, "target_layer": layer, "precision": precision, "exact": exact,
-                        "gradient_scale": r.gradient_scale, "export_s": export_s, "images": len(imgs),
-                        "worst_map_pearson": min(i.map_pearson for i in imgs),
-                        "worst_iou50": min(i.map_iou["0.5"] for i in imgs),
-                        "worst_pixels_off": max(i.map_pixels_off for i in imgs),
-                        "worst_map_max_abs": max(i.map_max_abs for i in imgs),
-                        "worst_gradient_rel_l2": max(i.gradients_rel_l2 or 0.0 for i in imgs),
-                        "boxes_changed": sum(not i.boxes_equal for i in imgs),
-                        "worst_box_iou": min(i.box_iou for i in imgs),
+                        "gradient_scale": r.gradient_scale, "export_s": export_s, **rep.worst(),
                         "passed": rep.passed, "failures": rep.failures,
                     }  # fmt: skip
                     rows.append(row)

@@ -113,13 +113,13 @@ def demo(
     scene_paths = expand_image_paths([data / "images" / "test"])[:4]
     with create_backend(cpu, graph=graph, threads=threads) as b:
         rep = verify_backend(b, model, str(graph), scene_paths, num_random=4)
-    worst = min(i.map_pearson for i in rep.images)
+    w = rep.worst()
     console.print(
-        f"verify {cpu} vs torch-reference on {len(rep.images)} images: worst map Pearson {worst:.6f}, "
-        f"worst pixels off {max(i.map_pixels_off for i in rep.images):.3%}, boxes changed on "
-        f"{sum(not i.boxes_equal for i in rep.images)}: " + ("PASS" if rep.passed else "FAIL")
+        f"verify {cpu} vs torch-reference on {w['images']} images: worst map Pearson {w['worst_map_pearson']:.6f}, "
+        f"worst pixels off {w['worst_pixels_off']:.3%}, boxes changed on {w['boxes_changed']}: "
+        + ("PASS" if rep.passed else "FAIL")
     )
-    summary["verify"] = {"passed": rep.passed, "worst_pearson": worst, "failures": rep.failures}
+    summary["verify"] = {"passed": rep.passed, "worst_pearson": w["worst_map_pearson"], "failures": rep.failures}
 
     console.rule("4/6  localize a few scenes (overlays with boxes)")
     from ..localize import localize_images
