@@ -15,6 +15,7 @@ checked against the running TensorRT and GPU before the plan is deserialized.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..errors import BagcamsError, require
 from .base import Backend, BackendSpec
+from .ort_backend import spec_from_graph
 from .tensorrt_build import (
     _PYCUDA_HINT,
     _TRT_HINT,
@@ -30,22 +32,6 @@ from .tensorrt_build import (
     graph_info_of_plan,
     read_sidecar,
 )
-
-
-def spec_from_sidecar(record: dict) -> BackendSpec:
-    g = record["graph"]
-    return BackendSpec(
-        method=g["method"],
-        target_layer=g["target_layer"],
-        architecture=g["architecture"],
-        num_classes=int(g["num_classes"]),
-        input_size=tuple(g["input_size"]),
-        mean=tuple(g["mean"]),
-        std=tuple(g["std"]),
-        outputs=tuple(g["outputs"]) if "cam" in g["outputs"] or g["method"] == "cam" else (*g["outputs"], "cam"),
-        gradient_scale=float(g["gradient_scale"]),
-        class_names=tuple(record["class_names"]) if record.get("class_names") else None,
-    )
 
 
 @dataclass
@@ -76,9 +62,12 @@ class TensorRTBackend(Backend):
         self.name = "tensorrt" if use_kernel else "tensorrt-cam"
         self.path, self.use_kernel, self.cuda_graph = str(path), use_kernel, cuda_graph
         self.record = read_sidecar(path)
-        self.info = graph_info_of_plan(path)  # what verify/bench read from any graph backend
-        self._spec = spec_from_sidecar(self.record)
-        graph_outputs = tuple(self.record["graph"]["outputs"])
+        self.info = graph_info_of_plan(path, self.record)  # what verify/bench read from any graph backend
+        spec = spec_from_graph(self.info, tuple(self.record.get("class_names") or ()) or None)
+        graph_outputs = self.info.outputs
+        if "cam" not in graph_outputs and spec.method != "cam":  # the kernel supplies the map
+            spec = dataclasses.replace(spec, outputs=(*graph_outputs, "cam"))
+        self._spec = spec
         if use_kernel and self._spec.method == "cam":
             raise BagcamsError(f"{path}: method cam has no gradients for the kernel; use backend tensorrt-cam")
         if not use_kernel and "cam" not in graph_outputs:

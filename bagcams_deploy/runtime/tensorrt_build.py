@@ -83,9 +83,9 @@ def check_plan_compatible(sidecar: dict, system: SystemInfo, plan: str | Path = 
         )
 
 
-def graph_info_of_plan(plan: str | Path) -> GraphInfo:
+def graph_info_of_plan(plan: str | Path, record: dict | None = None) -> GraphInfo:
     """The export metadata a plan was built from (its sidecar's copy), as for an ONNX graph."""
-    g = read_sidecar(plan)["graph"]
+    g = (record if record is not None else read_sidecar(plan))["graph"]
     try:
         return GraphInfo(
             path=str(plan),
