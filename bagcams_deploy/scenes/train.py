@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..demo_model import DEMO_DATA_SEED
 from ..models import WSOLModel, build_model
 from ..preprocessing import MEAN, STD
 from .generator import CLASS_NAMES, generate_scene
@@ -40,7 +41,7 @@ from .writer import scene_seed
 class TrainConfig:
     """Everything that defines a training run (recorded in the output JSON)."""
 
-    data_seed: int = 2022
+    data_seed: int = DEMO_DATA_SEED
     num_train: int = 6000
     num_val: int = 300
     num_test: int = 500
@@ -186,7 +187,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[WSOLMod
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..demo_model import DEMO_CONFIG, DEMO_DATA_SEED, DEMO_WEIGHTS, load_packed, save_packed
+    from ..demo_model import DEMO_CONFIG, DEMO_WEIGHTS, load_packed, save_packed
 
     here = Path(__file__).resolve().parents[1] / "assets"
     p = argparse.ArgumentParser(prog="python -m bagcams_deploy.scenes.train", description=__doc__.split("\n")[0])
