@@ -140,6 +140,50 @@ def test_no_cam_and_cam_method_outputs(graphs, models):
     assert set(out) == {"logits", "class_id_used", "features", "gradients"}
 
 
+def test_relu_mask_is_exactly_zero_or_one_in_torch_and_onnx_runtime(tmp_path):
+    """The float32 ReLU mask (a gained, clipped depthwise conv) is 0 at y == 0 and 1 for y >= 2**-100."""
+    import onnxruntime as ort
+
+    from bagcams_deploy.export.rules import relu_mask
+
+    values = [0.0, 2.0**-100, 1e-30, 1e-12, 0.5, 1.0, 3e8, 3e38, float("inf")]
+    y = torch.tensor(values, dtype=torch.float32).reshape(1, 1, 1, -1).repeat(2, 16, 3, 1)
+    want = np.broadcast_to(np.array([0.0] + [1.0] * (len(values) - 1), np.float32), y.shape)
+    np.testing.assert_array_equal(relu_mask(y).numpy(), want)
+
+    class Mask(torch.nn.Module):
+        def forward(self, t):
+            return relu_mask(torch.relu(t))
+
+    path = tmp_path / "mask.onnx"
+    torch.onnx.export(Mask(), (y,), str(path), input_names=["y"], dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"y": y.numpy()})[0], want)
+    np.testing.assert_array_equal(session.run(None, {"y": -y.numpy()})[0], np.zeros_like(want))
+
+
+def _reorders_in_onnx_runtime_plan(path, tmp_path) -> int:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / f"{path.stem}.optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    plan = onnx.load(opts.optimized_model_filepath, load_external_data=False)
+    return sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in plan.graph.node)
+
+
+@pytest.mark.parametrize("method", ["bagcams", "gradcam"])
+def test_backward_pass_stays_in_onnx_runtime_blocked_layout(graphs, tmp_path, method):
+    """Layout changes do not grow with the depth of the backward pass (on CPUs where ONNX Runtime
+    uses its blocked NCHWc layout; elsewhere there are none): every mask multiply, skip add and
+    guided ReLU runs in the blocked layout, fused into the backward convolutions where it can."""
+    shallow = _reorders_in_onnx_runtime_plan(graphs("resnet18", method, "layer3"), tmp_path)
+    deep = _reorders_in_onnx_runtime_plan(graphs("resnet18", method, "layer2"), tmp_path)
+    deepest = _reorders_in_onnx_runtime_plan(graphs("resnet50", method, "layer2"), tmp_path)
+    assert shallow == deep == deepest <= 6
+
+
 def test_dynamic_size_graph_runs_at_other_sizes(models, tmp_path):
     path = tmp_path / "dyn.onnx"
     export_onnx(models["resnet18"], path, method="bagcams", target_layer="layer3", input_size=64, dynamic_size=True)

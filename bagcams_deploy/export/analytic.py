@@ -12,6 +12,7 @@ import copy
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import BagcamsError
@@ -89,7 +90,7 @@ class AnalyticCAM(nn.Module):
         return names if self.with_cam else names[:-1]
 
     def forward(self, image: Tensor, class_id: Tensor) -> tuple[Tensor, ...]:
-        x = image.to(self.compute_dtype)
+        x = image if self.compute_dtype == torch.float32 else image.to(self.compute_dtype)
         for stage in self.prefix:
             x = stage(x)
         features = x
@@ -97,13 +98,16 @@ class AnalyticCAM(nn.Module):
         for rule in self.suffix:
             x, tape = rule(x)
             tapes.append(tape)
-        pooled = x.float().mean(dim=(2, 3))
+        # Global average pooling (not a mean over axes) lets ONNX Runtime pool the last block's output
+        # in its blocked layout; the same numbers either way.
+        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1) if x.dtype == torch.float32 else x.float().mean(dim=(2, 3))
         logits = pooled @ self.fc_weight.t() + self.fc_bias
         used = torch.where(class_id < 0, logits.argmax(dim=1), class_id)
         w_c = self.fc_weight.index_select(0, used)  # [N, K_last]
         size = (image.shape[2], image.shape[3])
 
-        features = features.float()
+        if features.dtype != torch.float32:
+            features = features.float()
         if self.method == "cam":
             outputs: tuple[Tensor, ...] = (logits, used, features)
             if self.with_cam:
@@ -111,25 +115,28 @@ class AnalyticCAM(nn.Module):
                 outputs += (upsample_normalize(raw, size, "cam"),)
             return outputs
 
-        score = logits.gather(1, used[:, None])  # [N, 1]
+        hw = x.shape[2] * x.shape[3]
+        seed = w_c * (self.gradient_scale / hw)
+        magnitude = None
         if self.method == "bagcams":
             # d log(s_c) = d s_c / s_c. Guided ReLUs are only positively homogeneous, so the sign of
             # 1/s_c goes into the seed and its magnitude is applied after the backward pass (which
             # keeps half-precision graphs in range); s_c == 0 gives a zero gradient, not inf.
-            sign = torch.sign(score)
+            score = logits.gather(1, used[:, None])  # [N, 1]
+            seed = seed * torch.sign(score)
             magnitude = torch.where(score != 0, 1.0 / torch.where(score != 0, score.abs(), 1.0), 0.0)
-        else:
-            sign, magnitude = torch.ones_like(score), None
-        hw = x.shape[2] * x.shape[3]
-        seed = (w_c * (sign * (self.gradient_scale / hw)))[:, :, None, None]
-        grad = seed.expand(x.shape).to(self.compute_dtype)
+        seed = seed[:, :, None, None]
+        grad = seed if self.compute_dtype == torch.float32 else seed.to(self.compute_dtype)
         if self.calibration is not None:
             self.calibration.append(float(seed.abs().max()))
-        for rule, tape in zip(reversed(self.suffix), reversed(tapes), strict=True):
-            grad = rule.vjp(tape, grad)
+        for i, (rule, tape) in enumerate(zip(reversed(self.suffix), reversed(tapes), strict=True)):
+            grad = rule.vjp_seed(tape, grad, x.shape) if i == 0 else rule.vjp(tape, grad)
             if self.calibration is not None:
                 self.calibration.append(float(grad.abs().max()))
-        grad = grad.float()
+        if not self.suffix:
+            grad = grad.expand(x.shape)
+        if grad.dtype != torch.float32:
+            grad = grad.float()
         if magnitude is not None:
             grad = grad * magnitude[:, :, None, None]
         if not self.suffix:

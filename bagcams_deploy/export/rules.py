@@ -33,6 +33,12 @@ class Rule(nn.Module):
     def vjp(self, tape: Tape, grad: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def vjp_seed(self, tape: Tape, seed: Tensor, shape: torch.Size) -> Tensor:
+        """The VJP of a gradient [N,K,1,1] constant over space (the classifier's seed) at an output of
+        ``shape``. Rules that end in a ReLU let its mask broadcast the seed instead of expanding it.
+        """
+        return self.vjp(tape, seed.expand(shape))
+
 
 class ConvBNRule(Rule):
     """Conv2d (any stride/padding/dilation/groups) optionally followed by eval BatchNorm.
@@ -87,8 +93,37 @@ class ConvBNRule(Rule):
         return full[:, :, :h, :wd]
 
 
+# A float32 ReLU mask is clip(MASK_GAIN * y, 0, 1) of the ReLU output y: exactly 0 where y == 0 and
+# exactly 1 for y >= 2**-100 (smaller positive activations, if any, get a fractional mask). As a
+# depthwise 1x1 convolution with a fused clip and a multiply, it stays in ONNX Runtime's blocked
+# (NCHWc) layout, where a boolean Where forces the backward pass out of it and back for every mask.
+MASK_GAIN = 2.0**100
+
+
+def relu_mask(y: Tensor) -> Tensor:
+    """1.0 where the ReLU output ``y`` (float32) is positive, 0.0 where it is zero."""
+    c = int(y.shape[1])
+    gain = torch.full((c, 1, 1, 1), MASK_GAIN, dtype=y.dtype)
+    return torch.clamp(F.conv2d(y, gain, groups=c), 0.0, 1.0)
+
+
+def blocked(x: Tensor) -> Tensor:
+    """``x`` through a 1x1 depthwise identity convolution.
+
+    A no-op in value; it gives the broadcast seed of the backward pass a convolution as producer, so
+    that ONNX Runtime puts it in its blocked layout and fuses every later skip add, guided ReLU and
+    mask multiply into the backward convolutions instead of running them as separate NCHW passes.
+    """
+    c = int(x.shape[1])
+    return F.conv2d(x, torch.ones((c, 1, 1, 1), dtype=x.dtype), groups=c)
+
+
 class ReLURule(Rule):
-    """ReLU: plain rule grad*[y>0], or guided max(grad,0)*[y>0] (BagCAMs at nn.ReLU modules)."""
+    """ReLU: plain rule grad*[y>0], or guided max(grad,0)*[y>0] (BagCAMs at nn.ReLU modules).
+
+    The tape is the ReLU output itself in float32 graphs (mask built by :func:`relu_mask` in the
+    backward pass) and a boolean mask in half-precision graphs, where MASK_GAIN does not fit.
+    """
 
     def __init__(self, guided: bool):
         super().__init__()
@@ -96,12 +131,18 @@ class ReLURule(Rule):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tape]:
         y = torch.relu(x)
-        return y, y > 0
+        return y, (y if y.dtype == torch.float32 else y > 0)
 
     def vjp(self, tape: Tape, grad: Tensor) -> Tensor:
         if self.guided:
             grad = torch.relu(grad)
-        return torch.where(tape, grad, torch.zeros((), dtype=grad.dtype))
+        if tape.dtype == torch.bool:
+            return torch.where(tape, grad, torch.zeros((), dtype=grad.dtype))
+        return grad * relu_mask(tape)
+
+    def vjp_seed(self, tape: Tape, seed: Tensor, shape: torch.Size) -> Tensor:
+        grad = self.vjp(tape, seed)  # the mask broadcasts the seed to ``shape``
+        return blocked(grad) if tape.dtype == torch.float32 else grad
 
 
 class IdentityRule(Rule):
@@ -181,6 +222,14 @@ class ChainRule(Rule):
             grad = r.vjp(t, grad)
         return grad
 
+    def vjp_seed(self, tape: Tape, seed: Tensor, shape: torch.Size) -> Tensor:
+        if not self.rules:
+            return seed.expand(shape)
+        grad = self.rules[-1].vjp_seed(tape[-1], seed, shape)
+        for r, t in zip(reversed(self.rules[:-1]), reversed(tape[:-1]), strict=True):
+            grad = r.vjp(t, grad)
+        return grad
+
 
 class ResidualRule(Rule):
     """relu_out(main(x) + shortcut(x)): ResNet Bottleneck and BasicBlock."""
@@ -198,6 +247,11 @@ class ResidualRule(Rule):
     def vjp(self, tape: Tape, grad: Tensor) -> Tensor:
         tm, ts, tr = tape
         g = self.out_relu.vjp(tr, grad)
+        return self.main.vjp(tm, g) + self.shortcut.vjp(ts, g)
+
+    def vjp_seed(self, tape: Tape, seed: Tensor, shape: torch.Size) -> Tensor:
+        tm, ts, tr = tape
+        g = self.out_relu.vjp_seed(tr, seed, shape)
         return self.main.vjp(tm, g) + self.shortcut.vjp(ts, g)
 
 

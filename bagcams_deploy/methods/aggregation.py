@@ -121,7 +121,7 @@ def gradient_map(
     if method not in GRADIENT_AGGREGATIONS:
         raise ValueError(f"unknown gradient method {method!r}; valid: {', '.join(GRADIENT_AGGREGATIONS)}")
     f = features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
-    g = gradients.to(f.dtype)
+    g = gradients if gradients.dtype == f.dtype else gradients.to(f.dtype)
     if gradient_scale != 1.0:
         g = g / gradient_scale
     return upsample_normalize(GRADIENT_AGGREGATIONS[method](f, g), size, method)
