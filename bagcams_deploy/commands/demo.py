@@ -91,7 +91,7 @@ def demo(
         raise BagcamsError(f"the demo model is not part of this installation ({exc})") from None
 
     console = Console(width=None if Console().is_terminal else 140)
-    cpu = default_backend()  # the faster CPU runtime installed (ov-cpu with openvino, else ort-cpu)
+    cpu = default_backend()  # ort-cpu here (ort-cuda with onnxruntime-gpu and a GPU)
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {}

@@ -53,7 +53,7 @@ def evaluate(
     backend: str = typer.Option(
         None,
         "--backend",
-        help="default: ort-cuda/ov-cpu/ort-cpu (first available) for .onnx, tensorrt for .plan, "
+        help="default: ort-cuda/ort-cpu (first available) for .onnx, tensorrt for .plan, "
         "torch-reference for checkpoints",
     ),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint (for --compare-reference)"),

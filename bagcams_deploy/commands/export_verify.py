@@ -64,7 +64,7 @@ def verify(
     backend: str = typer.Option(
         None,
         "--backend",
-        help="backend under test (default: tensorrt for a .plan; ort-cuda with a GPU; ov-cpu if installed; ort-cpu)",
+        help="backend under test (default: tensorrt for a .plan; ort-cuda with a GPU; else ort-cpu)",
     ),
     exact: bool = typer.Option(False, "--exact", help="ONNX Runtime with graph optimisations off"),
     seed: int = typer.Option(None, "--seed", help="fix the random images (default: fresh each run)"),
@@ -87,7 +87,7 @@ def verify(
     model = load_model(checkpoint, info.architecture)
     check_checkpoint_matches(info, model)
     is_plan = str(model_path).lower().endswith(PLAN_SUFFIXES)
-    name = backend or ("tensorrt" if is_plan else default_backend(exact))
+    name = backend or ("tensorrt" if is_plan else default_backend())
     b = create_backend(name, graph=model_path, model=model, threads=threads, exact=exact)
     precision = info.precision
     tol = Tolerances.for_precision(precision)

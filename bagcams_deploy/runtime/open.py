@@ -32,7 +32,7 @@ def open_model(
     exact: bool = False,
     device: str = "cpu",
 ) -> Backend:
-    """``.onnx`` -> a graph backend (default: the fastest available); ``.plan`` -> TensorRT; a
+    """``.onnx`` -> a graph backend (default: :func:`default_backend`); ``.plan`` -> TensorRT; a
     checkpoint -> the PyTorch reference (or ``torch-analytic``) for ``method`` at ``target_layer``."""
     from ..models import load_model
 
@@ -41,7 +41,7 @@ def open_model(
         raise BagcamsError(f"model not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        name = backend or default_backend(exact)
+        name = backend or default_backend()
         torch_model = load_model(checkpoint) if name.startswith("torch") and checkpoint else None
         return create_backend(name, graph=path, model=torch_model, threads=threads, exact=exact, device=device)
     if suffix in (".plan", ".engine"):
