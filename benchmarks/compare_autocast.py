@@ -6,6 +6,10 @@ run in fp16. It needs ``nvidia-modelopt[onnx]``, which pins its own torch/onnxru
 a separate environment given by ``--autocast-python``; everything else runs here.
 
     python -m venv /tmp/mo && /tmp/mo/bin/pip install "nvidia-modelopt[onnx]"
+    # or, without modelopt's torch and onnxruntime-gpu pins (how the committed results were made):
+    python -m venv /tmp/mo && /tmp/mo/bin/pip install --no-deps nvidia-modelopt && /tmp/mo/bin/pip install \
+        numpy onnx onnx-graphsurgeon onnxruntime onnxconverter-common ml_dtypes omegaconf pydantic pyyaml \
+        rich scipy tqdm packaging nvidia-ml-py pulp regex safetensors
     python benchmarks/compare_autocast.py --autocast-python /tmp/mo/bin/python [--images 8] [--seed 0]
 
 ResNet-50 (random weights, randomised BatchNorm), layer3 BagCAMs, 224x224, ONNX Runtime on the CPU,
@@ -36,6 +40,22 @@ def copy_metadata(source: Path, target: Path, precision: str) -> None:
     for k, v in props.items():
         dst.metadata_props.add(key=k, value=v)
     onnx.save(dst, str(target))
+
+
+def float32_convolutions(path: Path) -> dict[str, list[str]]:
+    """Conv nodes whose weights stayed float32, split into the 1x1 depthwise ReLU-mask convolutions
+    (gain 2^100, out of fp16 range) and the rest (the network's own forward/backward convolutions)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {i.name: i for i in graph.initializer}
+    weights.update({n.output[0]: n.attribute[0].t for n in graph.node if n.op_type == "Constant" and n.attribute})
+    found: dict[str, list[str]] = {"mask": [], "network": []}
+    for node in graph.node:
+        w = weights.get(node.input[1]) if node.op_type == "Conv" else None
+        if w is not None and w.data_type == onnx.TensorProto.FLOAT:
+            found["mask" if list(w.dims[1:]) == [1, 1, 1] else "network"].append(node.name)
+    return found
 
 
 def main() -> int:
@@ -96,6 +116,7 @@ def main() -> int:
             row = {
                 "graph": name, "make_seconds": seconds, "gradient_scale": scale,
                 "mb": path.stat().st_size / 1e6, **rep.worst(), "passed": rep.passed,
+                "float32_convolutions": float32_convolutions(path),
             }  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -104,17 +125,22 @@ def main() -> int:
     (out_dir / "autocast_vs_direct.json").write_text(json.dumps({"seed": args.seed, "rows": rows}, indent=2) + "\n")
     lines = [
         "| fp16 graph | worst map Pearson | worst IoU@0.5 | worst max abs map diff | worst gradient rel L2 "
-        "| boxes changed | verify (fp16 bars) | MB |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        "| boxes changed | verify (fp16 bars) | MB | float32 convolutions |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---|",
     ]
+
+    def convs(found: dict[str, list[str]]) -> str:
+        mask = f", {len(found['mask'])} mask" if found["mask"] else ""
+        return f"{len(found['network'])} of the network's{mask}"
+
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['graph']} | failed: {r['error'][:80]} | | | | | | |")
+            lines.append(f"| {r['graph']} | failed: {r['error'][:80]} | | | | | | | |")
             continue
         lines.append(
             f"| {r['graph']} | {r['worst_map_pearson']:.6f} | {r['worst_iou50']:.4f} | {r['worst_map_max_abs']:.4f} "
             f"| {r['worst_gradient_rel_l2']:.2e} | {r['boxes_changed']}/{r['images']} | "
-            f"{'pass' if r['passed'] else 'FAIL'} | {r['mb']:.0f} |"
+            f"{'pass' if r['passed'] else 'FAIL'} | {r['mb']:.0f} | {convs(r['float32_convolutions'])} |"
         )
     (out_dir / "autocast_vs_direct.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
