@@ -82,6 +82,9 @@ class AnalyticCAM(nn.Module):
             self.suffix_modules.to(self.compute_dtype)
             self.suffix.to(self.compute_dtype)
         self.calibration: list[float] | None = None  # set to [] to record max |grad| per backward step
+        # True while tracing a graph of fixed input size: spatial sizes then enter the graph as constants
+        # (a Shape of a tensor in ONNX Runtime's blocked layout would reorder the whole tensor for it).
+        self.static_shapes = False
         self.eval()
 
     @property
@@ -115,7 +118,7 @@ class AnalyticCAM(nn.Module):
                 outputs += (upsample_normalize(raw, size, "cam"),)
             return outputs
 
-        hw = x.shape[2] * x.shape[3]
+        hw = int(x.shape[2]) * int(x.shape[3]) if self.static_shapes else x.shape[2] * x.shape[3]
         seed = w_c * (self.gradient_scale / hw)
         magnitude = None
         if self.method == "bagcams":

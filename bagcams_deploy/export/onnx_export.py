@@ -129,7 +129,11 @@ def export_onnx(
         # Output shapes from the float32 twin: half-precision convolutions are slow on PyTorch's CPU.
         twin = net if precision == "fp32" else AnalyticCAM(model, method, target_layer, with_cam=with_cam)
         shapes = [tuple(v.shape) for v in twin(*example)]
-        proto = _trace_to_onnx(net, example, net.output_names, opset, dynamic_size, shapes)
+        net.static_shapes = not dynamic_size
+        try:
+            proto = _trace_to_onnx(net, example, net.output_names, opset, dynamic_size, shapes)
+        finally:
+            net.static_shapes = False
     props = metadata_props(
         method=net.method,
         target_layer=net.target_layer,
