@@ -90,7 +90,7 @@ def default_backend() -> str:
     """The backend for a graph when none is named: ONNX Runtime on CUDA where onnxruntime-gpu sees a
     GPU, else ONNX Runtime on the CPU. OpenVINO (``ov-cpu``) is as fast on the ResNet-50 layer3
     BagCAMs graph (within 1-2% at batch 1 and 8, either ahead; numbers in the README) with maps that
-    agree, but peaks 25% higher in memory at batch 8, so it runs only when named. Both defaults are
+    agree, but peaks about 20% higher in memory at batch 8, so it runs only when named. Both defaults are
     ONNX Runtime, so ``--exact`` (graph optimisations off) applies to them."""
     try:
         import onnxruntime as ort
