@@ -136,14 +136,12 @@ class AnalyticCAM(nn.Module):
             grad = rule.vjp_seed(tape, grad, x.shape) if i == 0 else rule.vjp(tape, grad)
             if self.calibration is not None:
                 self.calibration.append(float(grad.abs().max()))
-        if not self.suffix:
-            grad = grad.expand(x.shape)
+        if not self.suffix:  # target = last stage: the gradient is the seed itself, at every position
+            grad = grad.expand(x.shape).contiguous()
         if grad.dtype != torch.float32:
             grad = grad.float()
         if magnitude is not None:
             grad = grad * magnitude[:, :, None, None]
-        if not self.suffix:
-            grad = grad.contiguous()
         outputs = (logits, used, features, grad)
         if self.with_cam:
             outputs += (gradient_map(self.method, features, grad, size, self.gradient_scale),)

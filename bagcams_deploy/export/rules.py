@@ -100,11 +100,15 @@ class ConvBNRule(Rule):
 MASK_GAIN = 2.0**100
 
 
+def _scale_channels(x: Tensor, factor: float) -> Tensor:
+    """``factor * x`` written as a 1x1 depthwise convolution (an operator of ONNX Runtime's blocked layout)."""
+    c = int(x.shape[1])
+    return F.conv2d(x, torch.full((c, 1, 1, 1), factor, dtype=x.dtype), groups=c)
+
+
 def relu_mask(y: Tensor) -> Tensor:
     """1.0 where the ReLU output ``y`` (float32) is positive, 0.0 where it is zero."""
-    c = int(y.shape[1])
-    gain = torch.full((c, 1, 1, 1), MASK_GAIN, dtype=y.dtype)
-    return torch.clamp(F.conv2d(y, gain, groups=c), 0.0, 1.0)
+    return torch.clamp(_scale_channels(y, MASK_GAIN), 0.0, 1.0)
 
 
 def blocked(x: Tensor) -> Tensor:
@@ -114,8 +118,7 @@ def blocked(x: Tensor) -> Tensor:
     that ONNX Runtime puts it in its blocked layout and fuses every later skip add, guided ReLU and
     mask multiply into the backward convolutions instead of running them as separate NCHW passes.
     """
-    c = int(x.shape[1])
-    return F.conv2d(x, torch.ones((c, 1, 1, 1), dtype=x.dtype), groups=c)
+    return _scale_channels(x, 1.0)
 
 
 class ReLURule(Rule):
