@@ -164,8 +164,7 @@ class TensorRTBackend(Backend):
         buffers = _Buffers(n, device, host, kernel_cam)
         self._buffers[n] = buffers
         total = sum(a.nbytes for a in host.values())
-        engine_mem = getattr(self.engine, "device_memory_size_v2", None) or self.engine.device_memory_size
-        self.gpu_memory_mb = (total + int(engine_mem)) / 2**20
+        self.gpu_memory_mb = (total + int(self.engine.device_memory_size_v2)) / 2**20
         return buffers
 
     # -- inference -------------------------------------------------------------------------------

@@ -28,8 +28,11 @@ from ..errors import BagcamsError, require
 from ..export.contract import GraphInfo, class_names_of, read_graph_info
 
 SIDECAR_FORMAT = "bagcams-deploy-plan-v1"
-_TRT_HINT = "pip install tensorrt (TensorRT 10 or 11) on a machine with an NVIDIA GPU"
+_TRT_HINT = "pip install 'tensorrt>=10.1' (TensorRT 10.1 or later, 11 included) on a machine with an NVIDIA GPU"
 _PYCUDA_HINT = "pip install pycuda on a machine with an NVIDIA GPU"
+# 10.1 added ICudaEngine.device_memory_size_v2, which TensorRT 11 keeps and the older
+# device_memory_size does not survive into (tools/check_tensorrt_api.py checks our calls per release).
+MIN_TENSORRT = (10, 1)
 
 
 @dataclass(frozen=True)
@@ -145,13 +148,23 @@ def current_system() -> SystemInfo:
         if drv.Device.count() < 1:
             raise BagcamsError("TensorRT engines need a CUDA GPU; none is visible")
         dev = drv.Device(int(os.environ.get("BAGCAMS_CUDA_DEVICE", "0")))
+        tensorrt_release(str(trt.__version__))
         return SystemInfo(str(trt.__version__), dev.name(), tuple(dev.compute_capability()))
     except drv.Error as exc:
         raise BagcamsError(f"cannot query the CUDA device: {exc}") from None
 
 
-def _trt_major(trt) -> int:
-    return int(str(trt.__version__).split(".")[0])
+def tensorrt_release(version: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string; refuses releases older than :data:`MIN_TENSORRT`."""
+    try:
+        release = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        raise BagcamsError(f"cannot read the TensorRT version {version!r}") from None
+    if len(release) != 2 or release < MIN_TENSORRT:
+        need = ".".join(map(str, MIN_TENSORRT))
+        raise BagcamsError(f"TensorRT {version} is too old: bagcams-deploy needs TensorRT {need} or later "
+                           f"(pip install -U 'tensorrt>={need}')")  # fmt: skip
+    return release  # type: ignore[return-value]
 
 
 def build_engine(
@@ -183,7 +196,7 @@ def build_engine(
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
-    if _trt_major(trt) < 11:  # TensorRT 11: always strongly typed, the flag is deprecated
+    if tensorrt_release(str(trt.__version__)) < (11, 0):  # TensorRT 11: always strongly typed, the flag is deprecated
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)

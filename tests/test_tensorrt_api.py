@@ -1,0 +1,127 @@
+"""Our TensorRT calls exist in the TensorRT releases we support, checked without a GPU.
+
+``tools/check_tensorrt_api.py`` imports each release's real Python bindings (their native libraries
+replaced by empty stand-ins) and ``tools/api_surface.py`` checks every TensorRT attribute and call of
+the build and backend modules against them. The checker itself is tested here on a small fake library
+so that it is known to catch what it claims to catch.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+from bagcams_deploy.errors import BagcamsError
+from bagcams_deploy.runtime.tensorrt_build import MIN_TENSORRT, tensorrt_release
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+sys.path.insert(0, str(TOOLS))
+
+import api_surface  # noqa: E402
+import check_tensorrt_api  # noqa: E402
+
+
+def _fake_library() -> types.ModuleType:
+    lib = types.ModuleType("fakelib")
+    code = """
+import enum
+
+class Tensor:
+    pass
+
+class Network:
+    def add_input(self, name: str, dtype: int, shape: tuple) -> "Tensor": ...
+
+class Builder:
+    def __init__(self, logger): ...
+    def create_network(self, flags: int = 0) -> "Network": ...
+
+class Mode(enum.Enum):
+    INPUT = 0
+"""
+    exec(code, lib.__dict__)
+    return lib
+
+
+SOURCE = textwrap.dedent("""
+    def build(lib):
+        b = lib.Builder(1)
+        n = b.create_network(0)
+        n.add_input("x", 1, (1,))
+        n.add_inptu("x")
+        b.create_network(flags=1, extra=2)
+        lib.Builder()
+        lib.Mode.OUTPUT
+        probe = getattr(n, "newer_api", None)
+        m = lib.Mode.INPUT
+        return n, probe, m
+
+    class Holder:
+        def make(self, lib):
+            self.net = lib.Builder(0).create_network()
+
+        def use(self):
+            net = self.net
+            net.add_input("y", 2, (2,), "too many")
+""")
+
+
+def test_checker_catches_wrong_names_and_call_shapes_and_types_through_assignments():
+    lib = _fake_library()
+    found = api_surface.SurfaceChecker(lib, {"lib": lib}, "src.py").check(SOURCE)
+    bad = {(f.line, f.level) for f in found if f.level != "ok"}
+    assert bad == {(6, "error"), (7, "error"), (8, "error"), (9, "error"), (10, "optional-missing"), (20, "error")}
+    ok = {f.use for f in found if f.level == "ok"}
+    assert 'n.add_input("x", 1, (1,))'.replace('"', "'") in ok  # typed through create_network's return
+    assert "lib.Mode.INPUT" in ok
+    messages = " ".join(f.message for f in found if f.level == "error")
+    assert "'add_inptu'" in messages and "'OUTPUT'" in messages
+
+
+def test_pybind_docstrings_give_every_overload():
+    doc = textwrap.dedent("""\
+        set_input_shape(*args, **kwargs)
+        Overloaded function.
+
+        1. set_input_shape(self: trt.IExecutionContext, name: str, shape: tuple) -> bool
+
+        2. set_input_shape(self: trt.IExecutionContext, name: str, shape: trt.Dims, strict: bool = True) -> bool
+        """)
+    sigs = api_surface.signatures_of(types.SimpleNamespace(__doc__=doc), drop_self=True)
+    assert [[p.name for p in s.params] for s in sigs] == [["name", "shape"], ["name", "shape", "strict"]]
+    assert sigs[1].accepts(2, ["strict"]) and not sigs[0].accepts(3, []) and not sigs[1].accepts(1, [])
+
+
+def test_tensorrt_release_gate():
+    assert tensorrt_release("11.4.0.106") == (11, 4)
+    assert tensorrt_release("10.1.0") == MIN_TENSORRT
+    for old in ("10.0.1", "8.6.1"):
+        with pytest.raises(BagcamsError, match=r"too old.*10\.1 or later"):
+            tensorrt_release(old)
+    with pytest.raises(BagcamsError, match="cannot read"):
+        tensorrt_release("ten")
+
+
+@pytest.fixture(scope="module")
+def bindings_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("trt-bindings")
+
+
+@pytest.mark.parametrize("version", check_tensorrt_api.DEFAULT_VERSIONS)
+def test_our_tensorrt_calls_exist_in_the_real_bindings(version, bindings_cache):
+    try:
+        result = check_tensorrt_api.run_version(version, bindings_cache)
+    except check_tensorrt_api.Unavailable as exc:
+        pytest.skip(f"TensorRT {version} bindings not available here: {exc}")
+    assert result["version"] == version
+    errors = [f for f in result["findings"] if f["level"] != "ok"]
+    assert not errors, errors
+    checked = " ".join(f["message"] for f in result["findings"])
+    for use in ("Builder.build_serialized_network", "IBuilderConfig.set_timing_cache", "OnnxParser.parse_from_file",
+                "Runtime.deserialize_cuda_engine", "IExecutionContext.execute_async_v3",
+                "IExecutionContext.set_tensor_address", "ICudaEngine.device_memory_size_v2"):  # fmt: skip
+        assert use in checked, f"{use} was not reached by the checker"
