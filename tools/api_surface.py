@@ -42,6 +42,35 @@ class Method:
 
 
 @dataclass(frozen=True)
+class Seq:
+    """A list or tuple whose items are all ``item`` (``[drv.Event() for _ in range(5)]``)."""
+
+    item: Any
+
+
+@dataclass(frozen=True)
+class Tup:
+    """A tuple of known length (``return module, "fatbin"``), for unpacking assignments."""
+
+    items: tuple
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of several values (a method with two ``return`` paths); every use must suit each of them."""
+
+    options: tuple
+
+
+def _one_of(values: list[Any]) -> Any:
+    known: list[Any] = []
+    for v in values:
+        if v is not None and not any(v is k or v == k for k in known):
+            known.append(v)
+    return None if not known else known[0] if len(known) == 1 else OneOf(tuple(known))
+
+
+@dataclass(frozen=True)
 class Param:
     name: str
     kind: str  # "pos" (positional or keyword), "kwonly", "varargs", "varkw"
@@ -53,8 +82,9 @@ class Signature:
     params: tuple[Param, ...]
     returns: str  # the annotation as text ("" when unknown)
 
-    def accepts(self, n_positional: int, keywords: list[str]) -> bool:
-        """Whether a call with these positional count and keyword names binds to this signature."""
+    def accepts(self, n_positional: int, keywords: list[str], open_ended: bool = False) -> bool:
+        """Whether a call with these positional count and keyword names binds to this signature;
+        ``open_ended``: the call also passes ``*args``/``**kwargs``, so only what is written is checked."""
         pos = [p for p in self.params if p.kind == "pos"]
         if n_positional > len(pos) and not any(p.kind == "varargs" for p in self.params):
             return False
@@ -66,7 +96,7 @@ class Signature:
                 return False
             bound.add(k)
         required = {p.name for p in self.params if p.kind in ("pos", "kwonly") and not p.has_default}
-        return required <= bound
+        return open_ended or required <= bound
 
 
 @dataclass(frozen=True)
@@ -112,25 +142,41 @@ def _split_top_level(text: str) -> list[str]:
     return parts
 
 
+_BOOST_PARAM = re.compile(r"\(([^()]*)\)\s*(\w+)(\s*=)?")
+
+
+def _params_from_text(text: str) -> list[Param]:
+    """Parameters of one signature line: pybind11 ``a: int = 0`` or Boost.Python ``(int)a [, (int)b=0]``."""
+    if _BOOST_PARAM.match(text.strip()):
+        required, _, optional = text.partition("[")
+        return [
+            Param(m.group(2), "pos", part is optional or bool(m.group(3)))
+            for part in (required, optional)
+            for m in _BOOST_PARAM.finditer(part)
+        ]
+    params = []
+    for raw in _split_top_level(text):
+        if raw.startswith("**"):
+            params.append(Param(raw[2:], "varkw", True))
+        elif raw.startswith("*"):
+            params.append(Param(raw[1:] or "*", "varargs", True))
+        else:
+            params.append(Param(raw.split(":")[0].split("=")[0].strip(), "pos", "=" in raw))
+    return params
+
+
 def _docstring_signatures(func: Any, drop_self: bool) -> list[Signature]:
-    """pybind11 writes ``name(self: T, a: int, b: float = 0) -> R`` lines, numbered when overloaded."""
+    """The signature lines of a binding's docstring: pybind11 writes ``name(self: T, a: int = 0) -> R``
+    (numbered when overloaded), Boost.Python ``name( (T)arg1 [, (int)flags=0]) -> R :``."""
     sigs = []
     for line in (getattr(func, "__doc__", None) or "").splitlines():
         m = _SIG_LINE.match(line.strip())
         if not m or m.group(2) == "*args, **kwargs":
             continue
-        params = []
-        for i, raw in enumerate(_split_top_level(m.group(2))):
-            if drop_self and i == 0:
-                continue
-            if raw.startswith("**"):
-                params.append(Param(raw[2:], "varkw", True))
-            elif raw.startswith("*"):
-                params.append(Param(raw[1:] or "*", "varargs", True))
-            else:
-                name = raw.split(":")[0].split("=")[0].strip()
-                params.append(Param(name, "pos", "=" in raw))
-        sigs.append(Signature(tuple(params), m.group(3)))
+        params = _params_from_text(m.group(2))
+        if drop_self and params and params[0].kind == "pos":
+            params = params[1:]
+        sigs.append(Signature(tuple(params), m.group(3).rstrip(" :")))
     return sigs
 
 
@@ -174,6 +220,8 @@ class SurfaceChecker:
         self._record = False
         self._scope = ""
         self._env: dict[str, Any] = {}
+        self._methods: dict[str, ast.FunctionDef] = {}
+        self._returning: set[str] = set()
 
     # -- names -------------------------------------------------------------------------------------
 
@@ -215,11 +263,31 @@ class SurfaceChecker:
             for v in node.values:
                 self.value(v)
             return None
+        if isinstance(node, ast.IfExp):
+            self.value(node.test)
+            return _one_of([self.value(node.body), self.value(node.orelse)])
+        if isinstance(node, ast.ListComp):
+            item = self.value(node.elt)
+            return Seq(item) if item is not None else None
+        if isinstance(node, (ast.List, ast.Tuple)):
+            items = [self.value(e) for e in node.elts]
+            if isinstance(node, ast.Tuple):
+                return Tup(tuple(items))
+            item = _one_of(items)
+            return Seq(item) if item is not None else None
+        if isinstance(node, ast.Subscript):
+            base = self.value(node.value)
+            if isinstance(base, Seq):
+                return base.item
+            if isinstance(base, Tup) and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, int):
+                return base.items[node.slice.value] if -len(base.items) <= node.slice.value < len(base.items) else None
+            return None
         return None
 
     def _attribute(self, node: ast.Attribute) -> Any:
         base = self.value(node.value)
-        return None if base is None else self._member(base, node.attr, node, optional=False)
+        options = base.options if isinstance(base, OneOf) else (base,)
+        return _one_of([self._member(b, node.attr, node, optional=False) for b in options if b is not None])
 
     def _member(self, base: Any, attr: str, node: ast.AST, optional: bool) -> Any:
         """``base.attr`` checked and typed; ``optional`` marks a ``getattr(x, name, default)`` probe."""
@@ -240,6 +308,8 @@ class SurfaceChecker:
             return self._returned(m.group(1)) if m else None
         value = getattr(owner, attr)
         if isinstance(base, Instance) and callable(value) and not inspect.isclass(value):
+            if optional:
+                self._note(node, "ok", f"{name}.{attr}{suffix}")
             return Method(owner, attr, value)
         if not callable(value) or inspect.isclass(value):
             self._note(node, "ok", f"{name}.{attr}{suffix}")
@@ -252,10 +322,17 @@ class SurfaceChecker:
             self.value(a)
         if isinstance(node.func, ast.Name) and node.func.id == "getattr" and len(node.args) >= 2:
             return self._getattr_call(node)
+        own = self._own_method(node.func)
+        if own is not None:
+            return self._returns_of(own)
         func = self.value(node.func)
-        if func is None:
-            return None
+        options = func.options if isinstance(func, OneOf) else (func,)
+        return _one_of([self._apply(node, f) for f in options if f is not None])
+
+    def _apply(self, node: ast.Call, func: Any) -> Any:
+        """Check the call ``node`` made to ``func`` and return what it returns (when known)."""
         starred = any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords)
+        n_args = sum(not isinstance(a, ast.Starred) for a in node.args)
         keywords = [k.arg for k in node.keywords if k.arg]
         if inspect.isclass(func):
             label = f"{func.__name__}(...)"
@@ -272,13 +349,14 @@ class SurfaceChecker:
             result = None
         else:
             return None
-        if not sigs or starred:
+        if not sigs:
             self._note(node, "ok", f"{label} exists (arguments not checked: no signature)")
-        elif any(s.accepts(len(node.args), keywords) for s in sigs):
-            self._note(node, "ok", f"{label} binds one of {len(sigs)} signature(s)")
+        elif any(s.accepts(n_args, keywords, open_ended=starred) for s in sigs):
+            extra = " (as far as the unpacked arguments allow)" if starred else ""
+            self._note(node, "ok", f"{label} binds one of {len(sigs)} signature(s){extra}")
         else:
             shown = " | ".join("(" + ", ".join(p.name for p in s.params) + ")" for s in sigs)
-            self._note(node, "error", f"{label} called with {len(node.args)} positional {keywords or ''} "
+            self._note(node, "error", f"{label} called with {n_args} positional {keywords or ''} "
                                       f"but takes {shown}")  # fmt: skip
         if result is None and sigs:
             returned = [self._returned(s.returns) for s in sigs if s.returns]
@@ -292,6 +370,23 @@ class SurfaceChecker:
             return None
         return self._member(base, name, node, optional=len(node.args) == 3)
 
+    def _own_method(self, func: ast.AST) -> ast.FunctionDef | None:
+        """``self.name`` naming a method defined in the checked file (followed for its return value)."""
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
+            return self._methods.get(func.attr)
+        return None
+
+    def _returns_of(self, fn: ast.FunctionDef) -> Any:
+        if fn.name in self._returning:  # recursion
+            return None
+        self._returning.add(fn.name)
+        scope, self._scope = self._scope, fn.name
+        try:
+            return _one_of([self.value(n.value) for n in ast.walk(fn) if isinstance(n, ast.Return) and n.value])
+        finally:
+            self._scope = scope
+            self._returning.discard(fn.name)
+
     # -- statements ----------------------------------------------------------------------------------
 
     def _assign(self, targets: list[ast.AST], value: ast.AST) -> None:
@@ -299,11 +394,23 @@ class SurfaceChecker:
             if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts):
                 for t, v in zip(target.elts, value.elts, strict=True):
                     self._assign([t], v)
-                continue
-            got = self.value(value)
-            dotted = _dotted(target)
-            if dotted is not None and got is not None:
-                self._env[self._key(dotted)] = got
+            else:
+                self._bind(target, self.value(value))
+
+    def _bind(self, target: ast.AST, got: Any) -> None:
+        """Give ``target`` (a name, ``self.x`` or a tuple of them) the value ``got``."""
+        if got is None:
+            return
+        if isinstance(target, ast.Tuple):
+            tuples = got.options if isinstance(got, OneOf) else (got,)
+            n = len(target.elts)
+            if all(isinstance(t, Tup) and len(t.items) == n for t in tuples):
+                for i, t in enumerate(target.elts):
+                    self._bind(t, _one_of([tup.items[i] for tup in tuples]))
+            return
+        dotted = _dotted(target)
+        if dotted is not None:
+            self._env[self._key(dotted)] = got
 
     def _visit(self, tree: ast.AST) -> None:
         for node in ast.walk(tree):
@@ -317,11 +424,16 @@ class SurfaceChecker:
                     self._assign([inner.target], inner.value)
                 elif isinstance(inner, ast.withitem) and inner.optional_vars is not None:
                     self._assign([inner.optional_vars], inner.context_expr)
+                elif isinstance(inner, ast.For):
+                    seq = self.value(inner.iter)
+                    if isinstance(seq, Seq):
+                        self._bind(inner.target, seq.item)
                 elif self._record and isinstance(inner, (ast.Attribute, ast.Call)):
                     self.value(inner)
 
     def check(self, source: str) -> list[Finding]:
         tree = ast.parse(source)
+        self._methods = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
         for _ in range(3):  # attributes set in one method (self.engine) are read in others
             self._visit(tree)
         self._record = True

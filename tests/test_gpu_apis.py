@@ -1,9 +1,9 @@
-"""Our TensorRT calls exist in the TensorRT releases we support, checked without a GPU.
+"""Our TensorRT and PyCUDA calls exist in the releases we support, checked without a GPU.
 
-``tools/check_tensorrt_api.py`` imports each release's real Python bindings (their native libraries
-replaced by empty stand-ins) and ``tools/api_surface.py`` checks every TensorRT attribute and call of
-the build and backend modules against them. The checker itself is tested here on a small fake library
-so that it is known to catch what it claims to catch.
+``tools/check_gpu_apis.py`` imports each library's real Python bindings (their native libraries
+replaced by empty stand-ins) and ``tools/api_surface.py`` checks every attribute and call our GPU
+modules make against them. The checker itself is tested here on a small fake library so that it is
+known to catch what it claims to catch.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
 sys.path.insert(0, str(TOOLS))
 
 import api_surface  # noqa: E402
-import check_tensorrt_api  # noqa: E402
+import check_gpu_apis  # noqa: E402
 
 
 def _fake_library() -> types.ModuleType:
@@ -39,6 +39,11 @@ class Network:
 class Builder:
     def __init__(self, logger): ...
     def create_network(self, flags: int = 0) -> "Network": ...
+
+class Event:
+    def record(self, stream=None) -> None: ...
+
+def launch(func, grid, block, *args, shared_size: int = 0) -> None: ...
 
 class Mode(enum.Enum):
     INPUT = 0
@@ -67,6 +72,22 @@ SOURCE = textwrap.dedent("""
         def use(self):
             net = self.net
             net.add_input("y", 2, (2,), "too many")
+
+        def _pair(self, lib, fast):
+            if fast:
+                return lib.Builder(0), "fast"
+            return lib.Builder(1).create_network(), "slow"
+
+        def more(self, lib, args):
+            thing, how = self._pair(lib, True)
+            thing.create_network()
+            events = [lib.Event() for _ in range(3)]
+            events[0].record(None)
+            events[1].recrd()
+            for ev, n in [(lib.Event(), 1), (lib.Event(), 2)]:
+                ev.record(n, 2)
+            lib.launch(1, 2, 3, *args, shared_size=4)
+            lib.launch(1, 2, *args, shared=4)
 """)
 
 
@@ -74,12 +95,24 @@ def test_checker_catches_wrong_names_and_call_shapes_and_types_through_assignmen
     lib = _fake_library()
     found = api_surface.SurfaceChecker(lib, {"lib": lib}, "src.py").check(SOURCE)
     bad = {(f.line, f.level) for f in found if f.level != "ok"}
-    assert bad == {(6, "error"), (7, "error"), (8, "error"), (9, "error"), (10, "optional-missing"), (20, "error")}
+    assert bad == {(6, "error"), (7, "error"), (8, "error"), (9, "error"), (10, "optional-missing"), (20, "error"),
+                   (29, "error"), (32, "error"), (34, "error"), (36, "error")}  # fmt: skip
     ok = {f.use for f in found if f.level == "ok"}
     assert 'n.add_input("x", 1, (1,))'.replace('"', "'") in ok  # typed through create_network's return
     assert "lib.Mode.INPUT" in ok
     messages = " ".join(f.message for f in found if f.level == "error")
-    assert "'add_inptu'" in messages and "'OUTPUT'" in messages
+    assert "'add_inptu'" in messages and "'OUTPUT'" in messages and "'recrd'" in messages
+    # line 29: `thing` is a Builder or a Network (two return paths); a Network has no create_network
+    assert any(f.line == 29 and "Network has no attribute 'create_network'" in f.message for f in found)
+    assert any(f.line == 29 and f.level == "ok" and "Builder.create_network" in f.message for f in found)
+    assert any(f.line == 31 and f.level == "ok" and "Event.record" in f.message for f in found)
+
+
+def test_boost_python_docstrings_give_optional_parameters():
+    doc = "\nrecord( (Event)arg1 [, (object)stream=None]) -> Event :\n\n    C++ signature :\n        pycuda::event"
+    (sig,) = api_surface.signatures_of(types.SimpleNamespace(__doc__=doc), drop_self=True)
+    assert [(p.name, p.has_default) for p in sig.params] == [("stream", True)] and sig.returns == "Event"
+    assert sig.accepts(0, []) and sig.accepts(1, []) and sig.accepts(0, ["stream"]) and not sig.accepts(2, [])
 
 
 def test_pybind_docstrings_give_every_overload():
@@ -111,11 +144,11 @@ def bindings_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("trt-bindings")
 
 
-@pytest.mark.parametrize("version", check_tensorrt_api.DEFAULT_VERSIONS)
+@pytest.mark.parametrize("version", check_gpu_apis.DEFAULT_TENSORRT)
 def test_our_tensorrt_calls_exist_in_the_real_bindings(version, bindings_cache):
     try:
-        result = check_tensorrt_api.run_version(version, bindings_cache)
-    except check_tensorrt_api.Unavailable as exc:
+        result = check_gpu_apis.run_tensorrt(version, bindings_cache)
+    except check_gpu_apis.Unavailable as exc:
         pytest.skip(f"TensorRT {version} bindings not available here: {exc}")
     assert result["version"] == version
     errors = [f for f in result["findings"] if f["level"] != "ok"]
@@ -124,4 +157,19 @@ def test_our_tensorrt_calls_exist_in_the_real_bindings(version, bindings_cache):
     for use in ("Builder.build_serialized_network", "IBuilderConfig.set_timing_cache", "OnnxParser.parse_from_file",
                 "Runtime.deserialize_cuda_engine", "IExecutionContext.execute_async_v3",
                 "IExecutionContext.set_tensor_address", "ICudaEngine.device_memory_size_v2"):  # fmt: skip
+        assert use in checked, f"{use} was not reached by the checker"
+
+
+def test_our_pycuda_calls_exist_in_pycuda(bindings_cache):
+    """Builds PyCUDA from its sdist for this interpreter (about 1.5 min; needs the CUDA headers)."""
+    try:
+        result = check_gpu_apis.run_pycuda(bindings_cache)
+    except check_gpu_apis.Unavailable as exc:
+        pytest.skip(f"PyCUDA cannot be built here: {exc}")
+    errors = [f for f in result["findings"] if f["level"] != "ok"]
+    assert not errors, errors
+    checked = " ".join(f["message"] for f in result["findings"])
+    wanted = ("Function.prepare", "Function.prepared_async_call", "Module.get_function", "module_from_file",
+              "Event.record", "Event.time_since", "memcpy_htod_async", "Stream.handle", "pagelocked_empty")  # fmt: skip
+    for use in wanted:
         assert use in checked, f"{use} was not reached by the checker"
