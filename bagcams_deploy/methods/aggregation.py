@@ -82,8 +82,11 @@ def normalize_minmax(maps: Tensor) -> Tensor:
     non-finite value has no meaningful normalisation either. Both become all zeros here.
     """
     flat = maps.flatten(1)
-    finite = torch.isfinite(flat).all(dim=1)
-    safe = torch.where(torch.isfinite(flat), flat, torch.zeros_like(flat))
+    # |x| <= the largest finite value is False exactly for +-inf and NaN. Unlike torch.isfinite it
+    # exports without a cast to float64 (torch's ONNX IsInf casts to DOUBLE, which TensorRT lacks).
+    is_finite = flat.abs() <= torch.finfo(flat.dtype).max
+    finite = is_finite.all(dim=1)
+    safe = torch.where(is_finite, flat, torch.zeros_like(flat))
     lo = safe.min(dim=1, keepdim=True).values
     hi = safe.max(dim=1, keepdim=True).values
     rng = hi - lo
