@@ -7,6 +7,7 @@ import onnx
 import pytest
 import torch
 
+from bagcams_deploy.errors import BagcamsError
 from bagcams_deploy.export.analytic import AnalyticCAM
 from bagcams_deploy.export.contract import read_graph_info
 from bagcams_deploy.export.onnx_export import export_onnx
@@ -58,3 +59,24 @@ def test_gradient_scale_keeps_half_precision_gradients_out_of_underflow(models):
     assert scale >= 2**20 and np.log2(scale).is_integer()
     assert float((unscaled == 0).float().mean()) > 0.9  # flushed to zero
     assert rel(scaled / scale, ref) < 0.1 < rel(unscaled, ref)
+
+
+def test_bf16_graphs_use_the_first_opset_with_bfloat16_convolutions(models, tmp_path, cli, checkpoints):
+    """ONNX Conv takes bfloat16 from opset 22: bf16 exports default to it and refuse older opsets;
+    the CPU provider, which has no bfloat16 Conv, says where such a graph runs instead."""
+    path = tmp_path / "bf16.onnx"
+    size = TEST_SIZE["resnet18"]
+    r = export_onnx(models["resnet18"], path, method="bagcams", target_layer="layer3", input_size=size,
+                    precision="bf16")  # fmt: skip
+    assert r.opset == 22 and onnx.load(str(path)).opset_import[0].version == 22
+    convs = [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+    assert convs and read_graph_info(path).precision == "bf16"
+    with pytest.raises(BagcamsError, match="bf16 needs --opset 22 or newer"):
+        export_onnx(models["resnet18"], tmp_path / "x.onnx", target_layer="layer3", input_size=size,
+                    precision="bf16", opset=18)  # fmt: skip
+    out = cli("export", checkpoints["resnet18"], "-o", tmp_path / "y.onnx", "--precision", "bf16", "--opset", "20",
+              "--input-size", str(size))  # fmt: skip
+    assert out.code == 1 and "needs --opset 22" in out.err and len(out.err.strip().splitlines()) == 1
+    backend = create_backend("ort-cpu", graph=path)
+    with pytest.raises(BagcamsError, match=r"no bfloat16 convolutions.*build-engine"), backend as b:
+        b.infer(np.zeros((1, 3, size, size), np.float32))

@@ -27,7 +27,7 @@ def export(
     num_classes: int = typer.Option(None, "--num-classes", help="classes (inferred when omitted)"),
     input_size: int = typer.Option(224, "--input-size", help="H = W of the graph's input"),
     no_cam: bool = typer.Option(False, "--no-cam", help="leave the in-graph map out (features/gradients only)"),
-    opset: int = typer.Option(18, "--opset", help="ONNX opset (17 or newer)"),
+    opset: int = typer.Option(None, "--opset", help="ONNX opset, 17 or newer (default 18; bf16: 22)"),
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="leave H and W dynamic"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (mixed-precision graph)"),
     gradient_scale: float = typer.Option(None, "--gradient-scale", help="scale of the gradients output (fp16: auto)"),

@@ -19,6 +19,8 @@ from .contract import INPUT_NAMES, metadata_props
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 18
+# ONNX Conv (and most arithmetic) accepts bfloat16 from opset 22 on; TensorRT's parser reads up to 24.
+BF16_MIN_OPSET = 22
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def export_onnx(
     target_layer: str | None = None,
     input_size: int | tuple[int, int] = 224,
     with_cam: bool = True,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     dynamic_size: bool = False,
     gradient_scale: float | None = None,
     precision: str = "fp32",
@@ -100,11 +102,18 @@ def export_onnx(
     ``precision`` fp16/bf16 writes a mixed-precision graph (see :class:`AnalyticCAM`); its
     ``gradient_scale`` is then calibrated on ``calibration_images`` (default: generated scenes)
     unless given. The scale is recorded in the metadata and undone by the in-graph map and kernels.
+    ``opset`` defaults to 18, and to 22 for bf16 (the first opset whose Conv takes bfloat16); a bf16
+    graph is for TensorRT on Ampere or newer: ONNX Runtime's CPU provider has no bfloat16 Conv.
     """
     import onnx
 
+    if opset is None:  # the default: 18, or the first opset whose convolutions take bfloat16
+        opset = BF16_MIN_OPSET if precision == "bf16" else DEFAULT_OPSET
     if opset < MIN_OPSET:
         raise BagcamsError(f"opset {opset} is too old; use {MIN_OPSET} or newer")
+    if precision == "bf16" and opset < BF16_MIN_OPSET:
+        raise BagcamsError(f"--precision bf16 needs --opset {BF16_MIN_OPSET} or newer (ONNX convolutions take "
+                           f"bfloat16 from opset {BF16_MIN_OPSET}), got {opset}")  # fmt: skip
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if min(size) < model.spec.min_input_size:
         raise BagcamsError(

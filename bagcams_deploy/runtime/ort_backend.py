@@ -68,6 +68,12 @@ class OrtBackend(Backend):
         try:
             self.session = plain_session(self.path, self.threads, self.exact, PROVIDERS[self.name])
         except Exception as exc:
+            if self.info.precision == "bf16" and self.name == "ort-cpu":
+                raise BagcamsError(
+                    f"{self.path} is a bf16 graph and ONNX Runtime's CPU provider has no bfloat16 convolutions: "
+                    "run it as a TensorRT engine (build-engine) on an Ampere or newer GPU, or export "
+                    "--precision fp16 or fp32 for the CPU"
+                ) from None
             raise BagcamsError(f"ONNX Runtime cannot load {self.path}: {str(exc).splitlines()[0][:200]}") from None
         self.output_names = [o.name for o in self.session.get_outputs()]
 
