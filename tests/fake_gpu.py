@@ -1,0 +1,216 @@
+"""Host-memory stand-ins for ``tensorrt``, ``pycuda.driver``, our CUDA kernel and CUDA graphs.
+
+Why: the TensorRT backend's own logic (name-based I/O discovery, per-batch buffers, profile checks,
+addresses bound per call, the kernel reading the engine's output buffers, stage timing, CUDA-graph
+capture then replay, which outputs are copied back) never runs without a GPU. These fakes keep the
+API surface that ``tools/check_gpu_apis.py`` checks against the real bindings, and implement it with
+host memory: a "device" allocation is a byte array at a made-up address, the "engine" runs the ONNX
+graph the plan stands for in ONNX Runtime, and the "kernel" is the Python aggregation formula. So the
+backend is exercised end to end, and its maps can be compared with ONNX Runtime's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import types
+
+import numpy as np
+import torch
+
+from bagcams_deploy.methods.aggregation import gradient_map
+from bagcams_deploy.runtime.ort_backend import plain_session
+
+DEVICE_NAME, COMPUTE_CAPABILITY, TENSORRT_VERSION = "Fake GPU", (9, 0), "10.13.3.9"
+
+
+class Memory:
+    """The fake device's memory: allocations by base address; pointers may point inside one."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[int, np.ndarray] = {}
+        self._next = itertools.count(1)
+
+    def alloc(self, nbytes: int) -> int:
+        base = next(self._next) << 32
+        self.blocks[base] = np.zeros(int(nbytes), np.uint8)
+        return base
+
+    def view(self, ptr: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        base = (int(ptr) >> 32) << 32
+        if base not in self.blocks:
+            raise RuntimeError(f"invalid device pointer {ptr:#x} (freed or never allocated)")
+        offset, nbytes = int(ptr) - base, int(np.prod(shape)) * np.dtype(dtype).itemsize
+        block = self.blocks[base]
+        if offset + nbytes > block.size:
+            raise RuntimeError(f"device access past the end of a {block.size}-byte allocation")
+        return block[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+def make_pycuda(memory: Memory) -> types.ModuleType:
+    drv = types.ModuleType("pycuda.driver")
+
+    class Error(Exception):
+        pass
+
+    class Device:
+        @staticmethod
+        def count() -> int:
+            return 1
+
+        def __init__(self, ordinal: int) -> None:
+            if ordinal != 0:
+                raise Error(f"invalid device ordinal {ordinal}")
+
+        def name(self) -> str:
+            return DEVICE_NAME
+
+        def compute_capability(self) -> tuple[int, int]:
+            return COMPUTE_CAPABILITY
+
+    class DeviceAllocation:
+        def __init__(self, nbytes: int) -> None:
+            self.ptr = memory.alloc(nbytes)
+
+        def __int__(self) -> int:
+            return self.ptr
+
+        def free(self) -> None:
+            memory.blocks.pop(self.ptr, None)
+
+    class Stream:
+        handle = 0x5151
+
+        def synchronize(self) -> None:
+            pass
+
+    class Event:
+        def record(self, stream=None):
+            self.t = len(drv.log)  # a monotone "clock": operations so far
+            return self
+
+        def time_since(self, earlier) -> float:
+            return float(self.t - earlier.t)
+
+    def copy(dst: np.ndarray, src: np.ndarray) -> None:
+        dst.reshape(-1)[...] = src.reshape(-1).view(dst.dtype)
+
+    def memcpy_htod_async(dest, src: np.ndarray, stream=None) -> None:
+        drv.log.append("htod")
+        copy(memory.view(int(dest), src.dtype, src.shape), src)
+
+    def memcpy_dtoh_async(dest: np.ndarray, src, stream=None) -> None:
+        drv.log.append("dtoh")
+        copy(dest, memory.view(int(src), dest.dtype, dest.shape))
+
+    drv.log = []
+    drv.Error, drv.Device, drv.DeviceAllocation, drv.Stream, drv.Event = Error, Device, DeviceAllocation, Stream, Event
+    drv.init = lambda flags=0: None
+    drv.mem_alloc = DeviceAllocation
+    drv.pagelocked_empty = lambda shape, dtype: np.empty(shape, dtype)
+    drv.memcpy_htod_async, drv.memcpy_dtoh_async = memcpy_htod_async, memcpy_dtoh_async
+    return drv
+
+
+def make_tensorrt(memory: Memory, drv: types.ModuleType) -> types.ModuleType:
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = TENSORRT_VERSION
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity: int = 2) -> None:
+            self.severity = severity
+
+    class TensorIOMode:
+        INPUT, OUTPUT = "input", "output"
+
+    class ExecutionContext:
+        def __init__(self, engine: Engine) -> None:
+            self.engine, self.shapes, self.addresses = engine, {}, {}
+
+        def set_input_shape(self, name: str, shape) -> bool:
+            self.shapes[name] = tuple(int(d) for d in shape)
+            return True
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            if name in self.shapes:
+                return self.shapes[name]
+            feed = {n: np.zeros(self.shapes[n], self.engine.types[n]) for n in self.engine.inputs}
+            feed["class_id"] = feed["class_id"] - 1  # argmax ids
+            outs = self.engine.session.run(self.engine.outputs, feed)
+            return dict(zip(self.engine.outputs, (o.shape for o in outs), strict=True))[name]
+
+        def set_tensor_address(self, name: str, ptr: int) -> None:
+            self.addresses[name] = int(ptr)
+
+        def execute_async_v3(self, stream_handle: int) -> bool:
+            drv.log.append("engine")
+            e = self.engine
+            feed = {n: memory.view(self.addresses[n], e.types[n], self.shapes[n]).copy() for n in e.inputs}
+            for name, value in zip(e.outputs, e.session.run(e.outputs, feed), strict=True):
+                memory.view(self.addresses[name], e.types[name], value.shape)[...] = value
+            return True
+
+    class Engine:
+        device_memory_size_v2 = 1 << 20
+
+        def __init__(self, graph: str) -> None:
+            self.session = plain_session(graph)
+            to_np = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16}
+            self.inputs = [i.name for i in self.session.get_inputs()]
+            self.outputs = [o.name for o in self.session.get_outputs()]
+            self.types = {v.name: to_np[v.type] for v in (*self.session.get_inputs(), *self.session.get_outputs())}
+            self.num_io_tensors = len(self.inputs) + len(self.outputs)
+
+        def get_tensor_name(self, i: int) -> str:
+            return [*self.inputs, *self.outputs][i]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return TensorIOMode.INPUT if name in self.inputs else TensorIOMode.OUTPUT
+
+        def get_tensor_dtype(self, name: str):
+            return self.types[name]
+
+        def create_execution_context(self) -> ExecutionContext:
+            return ExecutionContext(self)
+
+    class Runtime:
+        def __init__(self, logger: Logger) -> None:
+            self.logger = logger
+
+        def deserialize_cuda_engine(self, plan: bytes) -> Engine:
+            return Engine(plan.decode())  # a fake plan's bytes are the path of the graph it stands for
+
+    trt.Logger, trt.TensorIOMode, trt.Runtime = Logger, TensorIOMode, Runtime
+    trt.nptype = lambda dtype: dtype
+    return trt
+
+
+def make_kernel_class(memory: Memory, drv: types.ModuleType) -> type:
+    class AggregationKernel:
+        """The map from device buffers by the Python formula (the real kernel is tested against it)."""
+
+        def __init__(self, method: str, dtype: str = "float32") -> None:
+            self.method, self.dtype = method, np.dtype(dtype)
+
+        def launch(self, f_ptr, g_ptr, out_ptr, n, k, h, w, out_h, out_w, gradient_scale=1.0, stream=None) -> None:
+            drv.log.append("kernel")
+            f = torch.from_numpy(memory.view(f_ptr, self.dtype, (n, k, h, w)).copy())
+            g = torch.from_numpy(memory.view(g_ptr, self.dtype, (n, k, h, w)).copy())
+            cam = gradient_map(self.method, f, g, (out_h, out_w), gradient_scale)
+            memory.view(out_ptr, np.float32, (n, 1, out_h, out_w))[...] = cam.float().numpy()
+
+    return AggregationKernel
+
+
+class FakeCudaGraph:
+    """Capture records the enqueue function without running it (as stream capture does); launch replays."""
+
+    def capture(self, stream_handle: int, enqueue) -> None:
+        self.enqueue = enqueue
+
+    def launch(self, stream_handle: int) -> None:
+        self.enqueue()
+
+    def free(self) -> None:
+        self.enqueue = None

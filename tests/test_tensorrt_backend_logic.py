@@ -1,0 +1,142 @@
+"""The TensorRT backends' own logic, run on host-memory fakes of TensorRT, PyCUDA and the kernel.
+
+The real libraries' API surface is checked in ``test_gpu_apis.py``; the GPU tests in
+``test_tensorrt.py`` run the real thing where a GPU exists. Here ``tests/fake_gpu.py`` stands in for
+them so that the backend code itself (I/O discovery, per-batch buffers, addresses, kernel wiring,
+stage times, CUDA-graph capture and replay, copies back, frees) runs in CI and its maps are compared
+with ONNX Runtime's on the same graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bagcams_deploy.errors import BagcamsError
+from bagcams_deploy.export.contract import read_graph_info
+from bagcams_deploy.export.onnx_export import export_onnx
+from bagcams_deploy.runtime import create_backend
+from bagcams_deploy.runtime.ort_backend import OrtBackend
+from bagcams_deploy.runtime.tensorrt_build import SIDECAR_FORMAT, sidecar_path
+from bagcams_deploy.verify import verify_backend
+
+from . import fake_gpu
+from .conftest import TEST_SIZE
+
+SIZE = TEST_SIZE["resnet18"]
+PROFILE = {"min_batch": 1, "opt_batch": 2, "max_batch": 4}
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    """Install the fakes where the backend imports them from; yields (memory, pycuda.driver)."""
+    memory = fake_gpu.Memory()
+    drv = fake_gpu.make_pycuda(memory)
+    pycuda = types.ModuleType("pycuda")
+    pycuda.driver = drv
+    for name, module in {"pycuda": pycuda, "pycuda.driver": drv, "pycuda.autoprimaryctx": types.ModuleType("x"),
+                         "tensorrt": fake_gpu.make_tensorrt(memory, drv)}.items():  # fmt: skip
+        monkeypatch.setitem(sys.modules, name, module)
+    from bagcams_deploy.kernels import launcher
+    from bagcams_deploy.runtime import cuda_graph
+
+    monkeypatch.setattr(launcher, "AggregationKernel", fake_gpu.make_kernel_class(memory, drv))
+    monkeypatch.setattr(cuda_graph, "CudaGraph", fake_gpu.FakeCudaGraph)
+    return memory, drv
+
+
+def fake_plan(graph: Path, plan: Path) -> Path:
+    """A plan as build-engine records it; its bytes name the graph that the fake engine runs."""
+    plan.write_bytes(str(graph).encode())
+    info = {k: v for k, v in dataclasses.asdict(read_graph_info(graph)).items() if k != "path"}
+    record = {
+        "format": SIDECAR_FORMAT,
+        "graph": info,
+        "class_names": None,
+        "profile": PROFILE,
+        "plan_sha256": hashlib.sha256(plan.read_bytes()).hexdigest(),
+        "built_with": {"tensorrt_version": fake_gpu.TENSORRT_VERSION, "device_name": fake_gpu.DEVICE_NAME,
+                       "compute_capability": list(fake_gpu.COMPUTE_CAPABILITY)},  # fmt: skip
+    }
+    sidecar_path(plan).write_text(json.dumps(record))
+    return plan
+
+
+@pytest.fixture(scope="module")
+def graphs(models, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("fake-trt")
+    out = {}
+    for key, kwargs in {"cam": {}, "nocam": {"with_cam": False}, "fp16": {"precision": "fp16"},
+                        "fp16_nocam": {"precision": "fp16", "with_cam": False}}.items():  # fmt: skip
+        out[key] = root / f"{key}.onnx"
+        export_onnx(models["resnet18"], out[key], method="bagcams", target_layer="layer3", input_size=SIZE, **kwargs)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("backend", "graph", "reference"),
+    [("tensorrt", "nocam", "cam"), ("tensorrt-cam", "cam", "cam"), ("tensorrt-cudagraph", "nocam", "cam"),
+     ("tensorrt", "fp16_nocam", "fp16")],
+)  # fmt: skip
+def test_engine_backends_give_onnx_runtime_maps(fakes, graphs, tmp_path, backend, graph, reference):
+    memory, drv = fakes
+    plan = fake_plan(graphs[graph], tmp_path / "m.plan")
+    rng = np.random.default_rng()
+    with OrtBackend(str(graphs[reference])) as ort:
+        b = create_backend(backend, graph=plan)
+        seen: set[int] = set()
+        with b:
+            for n in (3, 2, 3):  # two batch sizes, then the first again: its buffers are reused
+                before = len(memory.blocks)
+                images = rng.standard_normal((n, 3, SIZE, SIZE)).astype(np.float32)
+                ids = rng.integers(-1, 7, size=n)
+                drv.log.clear()
+                got, want = b.infer(images, ids), ort.infer(images, ids)
+                np.testing.assert_array_equal(got["class_id_used"], want["class_id_used"])
+                np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-5)
+                np.testing.assert_allclose(got["cam"], want["cam"], atol=1e-5)
+                assert got["cam"].shape == (n, 1, SIZE, SIZE) and got["cam"].dtype == np.float32
+                assert set(b.stage_times) == {"h2d", "engine", "kernel", "d2h"}
+                assert all(v >= 0 for v in b.stage_times.values()) and b.gpu_memory_mb > 0
+                engine_runs = drv.log.count("engine")
+                if backend == "tensorrt-cudagraph":
+                    first = n not in seen  # the first call of a batch size also captures the graph
+                    assert engine_runs == (2 if first else 1) and drv.log.count("kernel") == engine_runs
+                else:
+                    assert engine_runs == 1 and drv.log.count("kernel") == (backend == "tensorrt")
+                seen.add(n)
+            assert len(memory.blocks) == before  # third call: no new allocations
+        assert memory.blocks == {}  # everything freed on exit
+
+
+def test_fetch_copies_back_only_what_is_asked(fakes, graphs, tmp_path):
+    from bagcams_deploy.runtime.tensorrt_backend import TensorRTBackend
+
+    _, drv = fakes
+    with TensorRTBackend(str(fake_plan(graphs["nocam"], tmp_path / "m.plan")), fetch=("cam",)) as b:
+        drv.log.clear()
+        out = b.infer(np.zeros((2, 3, SIZE, SIZE), np.float32))
+    assert set(out) == {"cam"} and drv.log.count("dtoh") == 1
+
+
+def test_batches_outside_the_profile_and_wrong_backend_kind_are_refused(fakes, graphs, tmp_path):
+    plan = fake_plan(graphs["nocam"], tmp_path / "m.plan")
+    with create_backend("tensorrt", graph=plan) as b, pytest.raises(BagcamsError, match=r"outside .* profile \(1..4\)"):
+        b.infer(np.zeros((5, 3, SIZE, SIZE), np.float32))
+    with pytest.raises(BagcamsError, match="exported with --no-cam: use backend tensorrt"):
+        create_backend("tensorrt-cam", graph=plan)
+
+
+def test_verify_passes_on_a_plan(fakes, graphs, models, tmp_path):
+    plan = fake_plan(graphs["nocam"], tmp_path / "m.plan")
+    with create_backend("tensorrt", graph=plan) as b:
+        report = verify_backend(b, models["resnet18"], str(plan), num_random=3, batch_size=2)
+    assert report.passed, report.failures
+    assert min(i.map_pearson for i in report.images) > 0.9999
