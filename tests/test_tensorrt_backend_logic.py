@@ -62,8 +62,11 @@ def fake_plan(graph: Path, plan: Path) -> Path:
         "class_names": None,
         "profile": PROFILE,
         "plan_sha256": hashlib.sha256(plan.read_bytes()).hexdigest(),
-        "built_with": {"tensorrt_version": fake_gpu.TENSORRT_VERSION, "device_name": fake_gpu.DEVICE_NAME,
-                       "compute_capability": list(fake_gpu.COMPUTE_CAPABILITY)},  # fmt: skip
+        "built_with": {
+            "tensorrt_version": fake_gpu.TENSORRT_VERSION,
+            "device_name": fake_gpu.DEVICE_NAME,
+            "compute_capability": list(fake_gpu.COMPUTE_CAPABILITY),
+        },
     }
     sidecar_path(plan).write_text(json.dumps(record))
     return plan
