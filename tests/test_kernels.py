@@ -174,6 +174,27 @@ def test_shipped_fatbin_is_built_from_current_sources():
     assert launcher.source_sha256() == stamp
 
 
+def _entry_point_arg_types(source: str) -> dict[str, set[str]]:
+    """PyCUDA ``prepare`` strings of every ``extern "C" __global__`` kernel, read from its C signature;
+    macro-made names (``bagcams_partial_##NAME``) are keyed by their fixed prefix."""
+    code = source.replace("\\\n", " ")  # join macro continuation lines
+    pattern = r'extern "C" __global__ void\s+(?:__launch_bounds__\([^)]*\)\s+)?([\w#]+)\(([^)]*)\)'
+    found: dict[str, set[str]] = {}
+    for name, params in re.findall(pattern, code):
+        kinds = ""
+        for param in (p.strip() for p in params.split(",")):
+            kinds += (
+                "P" if "*" in param else "f" if param.startswith("float ") else "i" if param.startswith("int ") else "?"
+            )
+        found.setdefault(name.split("_##")[0], set()).add(kinds)
+    return found
+
+
+def test_launcher_argument_types_match_the_kernel_signatures():
+    parsed = _entry_point_arg_types((SRC / "bagcams_kernels.cuh").read_text())
+    assert parsed == {name: {types} for name, types in launcher.ARG_TYPES.items()}
+
+
 @needs_nvcc
 def test_python_plan_matches_c_api(tmp_path):
     shapes = [

@@ -56,6 +56,15 @@ METHOD_TRAITS: dict[str, tuple[int, bool]] = {
 }
 
 _PYCUDA_HINT = "pip install 'bagcams-deploy[gpu]' (pycuda) on a machine with a CUDA GPU"
+# PyCUDA ``prepare`` argument types (P pointer, i int, f float) of each entry point in SOURCE, by name
+# prefix (the partial kernels are one per method, dtype and memory variant). tests/test_kernels.py
+# parses the CUDA signatures and checks these against them.
+ARG_TYPES = {
+    "bagcams_partial": "PPPiiif",
+    "bagcams_reduce_partials": "PPiii",
+    "bagcams_minmax": "PPiiiiii",
+    "bagcams_normalize": "PPPiiiiii",
+}
 
 
 def _error(message: str) -> BagcamsError:
@@ -194,11 +203,11 @@ class AggregationKernel:
         self.module, self.module_origin = self._load_module(force_source)
         suffix = f"{method}_{DTYPES[self.dtype]}"
         self.partial_name = f"bagcams_partial_{suffix}"
-        self._partial_smem = self._function(self.partial_name, "PPPiiif")
-        self._partial_gmem = self._function(self.partial_name + "_gmem", "PPPiiif")
-        self._reduce = self._function("bagcams_reduce_partials", "PPiii")
-        self._minmax = self._function("bagcams_minmax", "PPiiiiii")
-        self._normalize = self._function("bagcams_normalize", "PPPiiiiii")
+        self._partial_smem = self._function(self.partial_name, ARG_TYPES["bagcams_partial"])
+        self._partial_gmem = self._function(self.partial_name + "_gmem", ARG_TYPES["bagcams_partial"])
+        self._reduce = self._function("bagcams_reduce_partials", ARG_TYPES["bagcams_reduce_partials"])
+        self._minmax = self._function("bagcams_minmax", ARG_TYPES["bagcams_minmax"])
+        self._normalize = self._function("bagcams_normalize", ARG_TYPES["bagcams_normalize"])
         try:
             dev = self._drv.Context.get_device()
             attr = self._drv.device_attribute
