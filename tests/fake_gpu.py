@@ -181,7 +181,95 @@ def make_tensorrt(memory: Memory, drv: types.ModuleType) -> types.ModuleType:
         def deserialize_cuda_engine(self, plan: bytes) -> Engine:
             return Engine(plan.decode())  # a fake plan's bytes are the path of the graph it stands for
 
+    class NetworkDefinitionCreationFlag:
+        STRONGLY_TYPED = 5
+
+    class MemoryPoolType:
+        WORKSPACE = "workspace"
+
+    class BuilderFlag:
+        TF32 = "tf32"
+
+    class Network:
+        def __init__(self, flags: int) -> None:
+            self.flags, self.graph = flags, None
+
+    class OnnxParser:
+        num_errors = 0
+
+        def __init__(self, network: Network, logger: Logger) -> None:
+            self.network = network
+
+        def parse_from_file(self, path: str) -> bool:
+            import onnx
+
+            onnx.checker.check_model(path, full_check=True)
+            self.network.graph = path
+            return True
+
+        def get_error(self, i: int) -> str:
+            raise IndexError(i)
+
+    class TimingCache:
+        def __init__(self, blob: bytes) -> None:
+            self.blob = bytes(blob) + b"+"  # each build adds to it
+
+        def serialize(self) -> bytes:
+            return self.blob
+
+    class OptimizationProfile:
+        def __init__(self) -> None:
+            self.shapes = {}
+
+        def set_shape(self, name: str, lo, opt, hi) -> None:
+            self.shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
+
+    class BuilderConfig:
+        def __init__(self) -> None:
+            self.flags_cleared, self.profiles, self.pools, self.cache = [], [], {}, None
+
+        def set_memory_pool_limit(self, pool, size: int) -> None:
+            self.pools[pool] = size
+
+        def clear_flag(self, flag) -> None:
+            self.flags_cleared.append(flag)
+
+        def add_optimization_profile(self, profile: OptimizationProfile) -> int:
+            self.profiles.append(profile)
+            return len(self.profiles) - 1
+
+        def create_timing_cache(self, blob: bytes) -> TimingCache:
+            return TimingCache(blob)
+
+        def set_timing_cache(self, cache: TimingCache, ignore_mismatch: bool) -> bool:
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self) -> TimingCache:
+            return self.cache
+
+    class Builder:
+        def __init__(self, logger: Logger) -> None:
+            trt.builds.append(self)
+
+        def create_network(self, flags: int = 0) -> Network:
+            self.network = Network(flags)
+            return self.network
+
+        def create_builder_config(self) -> BuilderConfig:
+            self.config = BuilderConfig()
+            return self.config
+
+        def create_optimization_profile(self) -> OptimizationProfile:
+            return OptimizationProfile()
+
+        def build_serialized_network(self, network: Network, config: BuilderConfig) -> bytes:
+            return str(network.graph).encode()  # the fake plan: the graph the fake engine will run
+
+    trt.builds = []
     trt.Logger, trt.TensorIOMode, trt.Runtime = Logger, TensorIOMode, Runtime
+    trt.Builder, trt.OnnxParser, trt.NetworkDefinitionCreationFlag = Builder, OnnxParser, NetworkDefinitionCreationFlag
+    trt.MemoryPoolType, trt.BuilderFlag = MemoryPoolType, BuilderFlag
     trt.nptype = lambda dtype: dtype
     return trt
 

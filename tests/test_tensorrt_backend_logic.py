@@ -36,20 +36,21 @@ PROFILE = {"min_batch": 1, "opt_batch": 2, "max_batch": 4}
 
 @pytest.fixture
 def fakes(monkeypatch):
-    """Install the fakes where the backend imports them from; yields (memory, pycuda.driver)."""
+    """Install the fakes where the backend imports them from; returns (memory, pycuda.driver, tensorrt)."""
     memory = fake_gpu.Memory()
     drv = fake_gpu.make_pycuda(memory)
+    trt = fake_gpu.make_tensorrt(memory, drv)
     pycuda = types.ModuleType("pycuda")
     pycuda.driver = drv
     for name, module in {"pycuda": pycuda, "pycuda.driver": drv, "pycuda.autoprimaryctx": types.ModuleType("x"),
-                         "tensorrt": fake_gpu.make_tensorrt(memory, drv)}.items():  # fmt: skip
+                         "tensorrt": trt}.items():  # fmt: skip
         monkeypatch.setitem(sys.modules, name, module)
     from bagcams_deploy.kernels import launcher
     from bagcams_deploy.runtime import cuda_graph
 
     monkeypatch.setattr(launcher, "AggregationKernel", fake_gpu.make_kernel_class(memory, drv))
     monkeypatch.setattr(cuda_graph, "CudaGraph", fake_gpu.FakeCudaGraph)
-    return memory, drv
+    return memory, drv, trt
 
 
 def fake_plan(graph: Path, plan: Path) -> Path:
@@ -89,7 +90,7 @@ def graphs(models, tmp_path_factory) -> dict[str, Path]:
      ("tensorrt", "fp16_nocam", "fp16")],
 )  # fmt: skip
 def test_engine_backends_give_onnx_runtime_maps(fakes, graphs, tmp_path, backend, graph, reference):
-    memory, drv = fakes
+    memory, drv, _ = fakes
     plan = fake_plan(graphs[graph], tmp_path / "m.plan")
     rng = np.random.default_rng()
     with OrtBackend(str(graphs[reference])) as ort:
@@ -122,7 +123,7 @@ def test_engine_backends_give_onnx_runtime_maps(fakes, graphs, tmp_path, backend
 def test_fetch_copies_back_only_what_is_asked(fakes, graphs, tmp_path):
     from bagcams_deploy.runtime.tensorrt_backend import TensorRTBackend
 
-    _, drv = fakes
+    _, drv, _ = fakes
     with TensorRTBackend(str(fake_plan(graphs["nocam"], tmp_path / "m.plan")), fetch=("cam",)) as b:
         drv.log.clear()
         out = b.infer(np.zeros((2, 3, SIZE, SIZE), np.float32))
@@ -143,3 +144,53 @@ def test_verify_passes_on_a_plan(fakes, graphs, models, tmp_path):
         report = verify_backend(b, models["resnet18"], str(plan), num_random=3, batch_size=2)
     assert report.passed, report.failures
     assert min(i.map_pearson for i in report.images) > 0.9999
+
+
+@pytest.mark.parametrize("version", ["10.13.3.9", "11.4.0.106"])
+def test_build_engine_cli_then_engine_info_and_verify(fakes, graphs, checkpoints, cli, tmp_path, version):
+    _, _, trt = fakes
+    trt.__version__ = version
+    plan, cache = tmp_path / "m.plan", tmp_path / "timing.cache"
+    args = ["build-engine", graphs["nocam"], "-o", plan, "--min-batch", "1", "--opt-batch", "2", "--max-batch", "4",
+            "--timing-cache", cache, "--no-tf32"]  # fmt: skip
+    r = cli(*args)
+    assert r.code == 0, r.err
+    build = trt.builds[-1]
+    # TensorRT 10: strongly typed by flag; 11: always strongly typed (no flag)
+    assert build.network.flags == (1 << 5 if version.startswith("10.") else 0)
+    assert build.config.flags_cleared == ["tf32"] and build.config.pools["workspace"] == 4 << 30
+    (profile,) = build.config.profiles
+    shape = (3, SIZE, SIZE)
+    assert profile.shapes == {"image": ((1, *shape), (2, *shape), (4, *shape)), "class_id": ((1,), (2,), (4,))}
+    record = json.loads(sidecar_path(plan).read_text())
+    assert record["tf32"] is False and record["profile"] == PROFILE
+    assert record["built_with"] == {"tensorrt_version": version, "device_name": fake_gpu.DEVICE_NAME,
+                                    "compute_capability": list(fake_gpu.COMPUTE_CAPABILITY)}  # fmt: skip
+    assert record["graph"]["method"] == "bagcams" and record["graph"]["input_size"] == [SIZE, SIZE]
+    assert cache.read_bytes() == b"+" and "timing cache" in r.out and "(new)" in r.out
+    r = cli(*args)  # the second build starts from the saved timing cache
+    assert r.code == 0 and "read 1 bytes" in r.out and cache.read_bytes() == b"++"
+    r = cli("engine-info", plan)
+    assert r.code == 0 and "bagcams" in r.out and version in r.out, r.out + r.err
+    r = cli("verify", plan, "--checkpoint", checkpoints["resnet18"], "--num-random", "2")
+    assert r.code == 0, r.out + r.err
+    assert "tensorrt vs torch-reference" in r.out and "PASS" in r.out, r.out
+
+
+def test_ort_trt_options_cache_engines_and_profile_the_graphs_size(graphs, models, tmp_path, monkeypatch):
+    from bagcams_deploy.runtime.ort_backend import ORT_TRT_BATCHES, ort_trt_options
+
+    monkeypatch.setenv("BAGCAMS_CACHE_DIR", str(tmp_path / "cache"))
+    opts = ort_trt_options(graphs["nocam"], read_graph_info(graphs["nocam"]))
+    lo, opt, hi = ORT_TRT_BATCHES
+    assert opts["trt_profile_min_shapes"] == f"image:{lo}x3x{SIZE}x{SIZE},class_id:{lo}"
+    assert opts["trt_profile_opt_shapes"] == f"image:{opt}x3x{SIZE}x{SIZE},class_id:{opt}"
+    assert opts["trt_profile_max_shapes"] == f"image:{hi}x3x{SIZE}x{SIZE},class_id:{hi}"
+    cache = Path(opts["trt_engine_cache_path"])
+    assert cache.parent == tmp_path / "cache" / "ort-trt" and opts["trt_engine_cache_enable"] == "True"
+    assert "trt_fp16_enable" not in opts  # precision is the graph's
+    other = ort_trt_options(graphs["cam"], read_graph_info(graphs["cam"]))
+    assert other["trt_engine_cache_path"] != str(cache)  # one cache per graph content
+    dynamic = tmp_path / "dyn.onnx"
+    export_onnx(models["resnet18"], dynamic, target_layer="layer3", input_size=SIZE, dynamic_size=True)
+    assert not any(k.startswith("trt_profile") for k in ort_trt_options(dynamic, read_graph_info(dynamic)))

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
 import numpy as np
 
 from ..errors import BagcamsError, MissingDependencyError
@@ -28,6 +32,37 @@ def spec_from_graph(info: GraphInfo, class_names: tuple[str, ...] | None = None)
         gradient_scale=info.gradient_scale,
         class_names=class_names,
     )
+
+
+# The ONNX-TensorRT EP profile: the same batch range as build-engine's default.
+ORT_TRT_BATCHES = (1, 8, 32)
+
+
+def cache_dir() -> Path:
+    """Where engines built on behalf of the user are kept (``BAGCAMS_CACHE_DIR`` overrides)."""
+    return Path(os.environ.get("BAGCAMS_CACHE_DIR") or Path.home() / ".cache" / "bagcams-deploy")
+
+
+def ort_trt_options(path: str | Path, info: GraphInfo) -> dict[str, str]:
+    """TensorRT EP options: without an engine cache every session rebuilds the engine (minutes), and
+    without explicit profile shapes a new batch size rebuilds it again. Precision is the graph's: no
+    ``trt_fp16_enable``, which would let TensorRT run the float32 graph's ReLU-mask gain (2^100) in fp16."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    cache = cache_dir() / "ort-trt" / h.hexdigest()[:16]
+    opts = {
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache),
+    }
+    if info.input_size is not None:  # a dynamic-size graph has no H, W to give; the EP then profiles itself
+        hh, ww = info.input_size
+        for key, n in zip(("min", "opt", "max"), ORT_TRT_BATCHES, strict=True):
+            opts[f"trt_profile_{key}_shapes"] = f"image:{n}x3x{hh}x{ww},class_id:{n}"
+    return opts
 
 
 def available_ort_providers() -> list[str]:
@@ -66,7 +101,12 @@ class OrtBackend(Backend):
 
     def activate_impl(self) -> None:
         try:
-            self.session = plain_session(self.path, self.threads, self.exact, PROVIDERS[self.name])
+            providers: list = list(PROVIDERS[self.name])
+            if self.name == "ort-trt":
+                options = ort_trt_options(self.path, self.info)
+                Path(options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+                providers[0] = (providers[0], options)
+            self.session = plain_session(self.path, self.threads, self.exact, providers)
         except Exception as exc:
             if self.info.precision == "bf16" and self.name == "ort-cpu":
                 raise BagcamsError(
@@ -91,7 +131,7 @@ class OrtBackend(Backend):
         return dict(zip(self.output_names, values, strict=True))
 
 
-def plain_session(path: str, threads: int | None = None, exact: bool = False, providers: list[str] | None = None):
+def plain_session(path: str, threads: int | None = None, exact: bool = False, providers: list | None = None):
     """An ONNX Runtime session: explicit threads, optimisation level and providers, nothing global."""
     import onnxruntime as ort
 
