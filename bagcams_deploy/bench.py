@@ -147,6 +147,8 @@ def _child(job: dict, queue: mp.Queue) -> None:
             extra.update({f"stage_{k}_s": v for k, v in getattr(backend, "stage_times", {}).items()})
             if getattr(backend, "gpu_memory_mb", None) is not None:
                 extra["gpu_memory_mb"] = backend.gpu_memory_mb
+            if hasattr(backend, "kernel_bandwidth"):  # tensorrt: the kernel against the device's copy speed
+                extra.update(backend.kernel_bandwidth() or {})
             if wants_model and (job["device"].startswith("cuda") or job["backend"].endswith("cudagraph")):
                 import torch
 

@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
 import platform
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -72,62 +70,6 @@ def make_inputs(shape, dtype, gradient_scale, rng):
     return np.ascontiguousarray(f, dtype=dtype), np.ascontiguousarray(g, dtype=dtype)
 
 
-def time_events(drv, stream, fn, warmup: int, iters: int, spacer=None) -> tuple[float, float]:
-    """(GPU milliseconds per call of fn(), host microseconds to enqueue one call).
-
-    The calls are enqueued back to back on stream and timed with CUDA events. Enqueuing a launch
-    from Python can take longer than a small launch runs on the GPU; then the GPU would idle between
-    launches and the events would time the host. So, when a ``spacer`` (a callable enqueuing
-    ``spacer.ms`` of unrelated GPU work) is given, enough of it is queued before the start event to
-    keep the GPU busy while the host enqueues all the timed calls.
-    """
-    for _ in range(warmup):
-        fn()
-    stream.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(max(1, warmup)):
-        fn()
-    host_us = (time.perf_counter() - t0) / max(1, warmup) * 1e6
-    stream.synchronize()
-    if spacer is not None:
-        for _ in range(math.ceil(1.5 * iters * host_us * 1e-3 / spacer.ms) + 1):
-            spacer()
-    start, stop = drv.Event(), drv.Event()
-    start.record(stream)
-    for _ in range(iters):
-        fn()
-    stop.record(stream)
-    stop.synchronize()
-    return stop.time_since(start) / iters, host_us
-
-
-class Spacer:
-    """Device-to-device copies of a large buffer: the copy-bandwidth reference and the GPU filler."""
-
-    def __init__(self, drv, stream, mib: int) -> None:
-        free, _total = drv.mem_get_info()
-        self.nbytes = min(mib << 20, int(free * 0.3)) // 256 * 256
-        if self.nbytes <= 0:
-            fail("not enough free device memory for the copy benchmark")
-        self.drv, self.stream = drv, stream
-        self.src = drv.mem_alloc(self.nbytes)
-        self.dst = drv.mem_alloc(self.nbytes)
-        drv.memset_d8(self.src, 1, self.nbytes)
-        self.ms = 1.0
-
-    def __call__(self) -> None:
-        self.drv.memcpy_dtod_async(self.dst, self.src, self.nbytes, self.stream)
-
-    def measure(self, warmup: int, iters: int) -> dict:
-        self.ms, _ = time_events(self.drv, self.stream, self, max(2, warmup // 4), max(5, iters // 4))
-        gbps = 2 * self.nbytes / (self.ms * 1e-3) / 1e9
-        return {"bytes": self.nbytes, "ms": self.ms, "gbps_read_plus_write": gbps}
-
-    def free(self) -> None:
-        self.src.free()
-        self.dst.free()
-
-
 def torch_oracle():
     try:
         import torch
@@ -169,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         fail("needs a CUDA GPU: no CUDA device found")
 
     from bagcams_deploy.errors import BagcamsError
+    from bagcams_deploy.kernels.bandwidth import DeviceCopy, aggregation_bytes, time_events
     from bagcams_deploy.kernels.launcher import AggregationKernel
 
     try:
@@ -180,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     device_name = dev.name()
     stream = drv.Stream()
 
-    spacer = Spacer(drv, stream, args.copy_mib)
+    try:
+        spacer = DeviceCopy(drv, stream, args.copy_mib)
+    except BagcamsError as exc:
+        fail(str(exc))
     copy = spacer.measure(args.warmup, args.iters)
     print(f"device: {device_name}  (D2D copy {copy['gbps_read_plus_write']:.0f} GB/s read+write)")
     oracle, oracle_note = (None, "skipped (--no-check)") if args.no_check else torch_oracle()
@@ -210,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                         kernel.launch(*ptrs, n, k, hw, hw, out, out, scale, stream)
 
                     ms, host_us = time_events(drv, stream, launch, args.warmup, args.iters, spacer)
-                    moved = f.nbytes + g.nbytes + n * out * out * 4
+                    moved = aggregation_bytes(n, k, hw, hw, out, out, f.itemsize)
                     gbps = moved / (ms * 1e-3) / 1e9
                     err = None
                     if oracle is not None:

@@ -91,6 +91,9 @@ def make_pycuda(memory: Memory) -> types.ModuleType:
         def time_since(self, earlier) -> float:
             return float(self.t - earlier.t)
 
+        def synchronize(self) -> None:
+            pass
+
     def copy(dst: np.ndarray, src: np.ndarray) -> None:
         dst.reshape(-1)[...] = src.reshape(-1).view(dst.dtype)
 
@@ -102,7 +105,16 @@ def make_pycuda(memory: Memory) -> types.ModuleType:
         drv.log.append("dtoh")
         copy(dest, memory.view(int(src), dest.dtype, dest.shape))
 
+    def memcpy_dtod_async(dest, src, nbytes: int, stream=None) -> None:
+        drv.log.append("dtod")
+        memory.view(int(dest), np.uint8, (nbytes,))[...] = memory.view(int(src), np.uint8, (nbytes,))
+
+    def memset_d8(dest, value: int, count: int) -> None:
+        memory.view(int(dest), np.uint8, (count,))[...] = value
+
     drv.log = []
+    drv.mem_get_info = lambda: (8 << 20, 16 << 20)  # (free, total)
+    drv.memcpy_dtod_async, drv.memset_d8 = memcpy_dtod_async, memset_d8
     drv.Error, drv.Device, drv.DeviceAllocation, drv.Stream, drv.Event = Error, Device, DeviceAllocation, Stream, Event
     drv.init = lambda flags=0: None
     drv.mem_alloc = DeviceAllocation

@@ -194,3 +194,48 @@ def test_ort_trt_options_cache_engines_and_profile_the_graphs_size(graphs, model
     dynamic = tmp_path / "dyn.onnx"
     export_onnx(models["resnet18"], dynamic, target_layer="layer3", input_size=SIZE, dynamic_size=True)
     assert not any(k.startswith("trt_profile") for k in ort_trt_options(dynamic, read_graph_info(dynamic)))
+
+
+def test_kernel_bandwidth_times_the_kernel_on_the_engine_buffers(fakes, graphs, tmp_path):
+    from bagcams_deploy.kernels.bandwidth import aggregation_bytes
+
+    memory, drv, _ = fakes
+    plan = fake_plan(graphs["nocam"], tmp_path / "m.plan")
+    with create_backend("tensorrt", graph=plan) as b:
+        assert b.kernel_bandwidth() is None  # nothing run yet
+        out = b.infer(np.random.default_rng().standard_normal((2, 3, SIZE, SIZE)).astype(np.float32))
+        blocks = len(memory.blocks)
+        drv.log.clear()
+        bw = b.kernel_bandwidth(iters=4, copy_mib=1)
+        assert len(memory.blocks) == blocks  # the copy buffers were freed
+        assert drv.log.count("kernel") == 4 + 2 * 5 and drv.log.count("engine") == 0  # warm-up, enqueue probe, timed
+        assert drv.log.count("dtod") > 0
+        assert set(bw) == {"kernel_ms", "kernel_gbps", "copy_gbps", "kernel_fraction_of_copy"}
+        assert bw["kernel_ms"] > 0 and bw["kernel_fraction_of_copy"] == pytest.approx(
+            bw["kernel_gbps"] / bw["copy_gbps"]
+        )
+        k, fh = out["features"].shape[1], out["features"].shape[2]
+        moved = aggregation_bytes(2, k, fh, fh, SIZE, SIZE, 4)
+        assert bw["kernel_gbps"] == pytest.approx(moved / (bw["kernel_ms"] * 1e-3) / 1e9)
+        np.testing.assert_allclose(b.infer(np.zeros((2, 3, SIZE, SIZE), np.float32))["cam"].shape, (2, 1, SIZE, SIZE))
+    with create_backend("tensorrt-cam", graph=fake_plan(graphs["cam"], tmp_path / "c.plan")) as b:
+        b.infer(np.zeros((1, 3, SIZE, SIZE), np.float32))
+        assert b.kernel_bandwidth() is None  # no kernel in this variant
+
+
+def test_bench_prints_a_gpu_table_from_the_stage_and_bandwidth_figures():
+    from rich.console import Console
+
+    from bagcams_deploy.commands.bench import gpu_table
+
+    extra = {"stage_h2d_s": 0.001, "stage_engine_s": 0.004, "stage_kernel_s": 0.0002, "stage_d2h_s": 0.0005,
+             "gpu_memory_mb": 812.5, "kernel_gbps": 2900.0, "kernel_fraction_of_copy": 0.87}  # fmt: skip
+    report = {"rows": [{"backend": "ort-cpu", "batch_size": 8, "extra": {}},
+                       {"backend": "tensorrt", "batch_size": 8, "extra": extra}]}  # fmt: skip
+    console = Console(record=True, width=200)
+    console.print(gpu_table(report))
+    text = console.export_text()
+    assert "tensorrt" in text and "ort-cpu" not in text
+    for cell in ("1.00", "4.00", "0.20", "0.50", "812.50", "2900.00", "87.00"):
+        assert cell in text
+    assert gpu_table({"rows": [report["rows"][0]]}) is None

@@ -79,6 +79,35 @@ def bench(
             f"{xf:.2f}x" if xf else "-",
         )  # fmt: skip
     console.print(t)
+    gpu = gpu_table(report)
+    if gpu is not None:
+        console.print(gpu)
     if json_out:
         save_report(report, json_out)
         console.print(f"report: {json_out}")
+
+
+GPU_COLUMNS = (  # (header, key in a row's extra, scale)
+    ("copy in ms", "stage_h2d_s", 1e3),
+    ("engine ms", "stage_engine_s", 1e3),
+    ("kernel ms", "stage_kernel_s", 1e3),
+    ("copy out ms", "stage_d2h_s", 1e3),
+    ("GPU MB", "gpu_memory_mb", 1.0),
+    ("kernel GB/s", "kernel_gbps", 1.0),
+    ("% of D2D copy", "kernel_fraction_of_copy", 100.0),
+)
+
+
+def gpu_table(report: dict) -> Table | None:
+    """Per-stage times of the last run, device memory and the kernel's bandwidth, for GPU backends."""
+    rows = [r for r in report["rows"] if any(key in r["extra"] for _, key, _ in GPU_COLUMNS)]
+    if not rows:
+        return None
+    t = Table(title="GPU: stages of the last run, device memory, kernel bandwidth vs a D2D copy measured alongside")
+    for header in ("backend", "batch", *(c[0] for c in GPU_COLUMNS)):
+        t.add_column(header, justify="left" if header == "backend" else "right")
+    for r in rows:
+        e = r["extra"]
+        cells = [f"{e[key] * scale:.2f}" if key in e else "-" for _, key, scale in GPU_COLUMNS]
+        t.add_row(r["backend"], str(r["batch_size"]), *cells)
+    return t

@@ -120,12 +120,14 @@ class TensorRTBackend(Backend):
         self.stream = drv.Stream()
         self._events = [drv.Event() for _ in range(5)]
         self._buffers: dict[int, _Buffers] = {}
+        self._last: _Buffers | None = None
         self._profile = self.record["profile"]
 
     def deactivate_impl(self) -> None:
         for b in self._buffers.values():
             b.free()
         self._buffers = {}
+        self._last = None
         self.context = None
         self.engine = None
         self.kernel = None
@@ -179,18 +181,50 @@ class TensorRTBackend(Backend):
         if timed:
             ev[2].record(s)
         if self.use_kernel:
-            n, k, fh, fw = b.host["features"].shape
-            h, w = self._spec.input_size
-            self.kernel.launch(int(b.device["features"]), int(b.device["gradients"]), int(b.kernel_cam),
-                               n, k, fh, fw, h, w, self._spec.gradient_scale, s)  # fmt: skip
+            self._launch_kernel(b)
         if timed:
             ev[3].record(s)
+
+    def _launch_kernel(self, b: _Buffers) -> None:
+        """The map from the engine's own features/gradients buffers, on the engine's stream."""
+        n, k, fh, fw = b.host["features"].shape
+        h, w = self._spec.input_size
+        self.kernel.launch(int(b.device["features"]), int(b.device["gradients"]), int(b.kernel_cam),
+                           n, k, fh, fw, h, w, self._spec.gradient_scale, self.stream)  # fmt: skip
+
+    def kernel_bandwidth(self, iters: int = 50, copy_mib: int = 256) -> dict | None:
+        """The kernel alone on the last batch's engine buffers, launched back to back and timed with
+        CUDA events, against a device-to-device copy measured now: achieved GB/s (F and g read, the map
+        written) and its fraction of the copy's. None for ``tensorrt-cam`` or before the first batch."""
+        if not self.use_kernel or self._last is None:
+            return None
+        from ..kernels.bandwidth import DeviceCopy, aggregation_bytes, time_events
+
+        b, drv = self._last, self._drv
+        n, k, fh, fw = b.host["features"].shape
+        h, w = self._spec.input_size
+        try:
+            copy = DeviceCopy(drv, self.stream, copy_mib)
+            try:
+                reference = copy.measure(5, iters)["gbps_read_plus_write"]
+                ms, _ = time_events(drv, self.stream, lambda: self._launch_kernel(b), 5, iters, copy)
+            finally:
+                copy.free()
+        except drv.Error as exc:
+            raise BagcamsError(f"kernel bandwidth measurement failed: {exc}") from None
+        gbps = aggregation_bytes(n, k, fh, fw, h, w, self.dtypes["features"].itemsize) / (ms * 1e-3) / 1e9
+        return {
+            "kernel_ms": ms,
+            "kernel_gbps": gbps,
+            "copy_gbps": reference,
+            "kernel_fraction_of_copy": gbps / reference,
+        }
 
     def infer_impl(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
         drv, s, ev = self._drv, self.stream, self._events
         n = images.shape[0]
         t0 = time.perf_counter()
-        b = self._buffers_for(n)
+        b = self._last = self._buffers_for(n)
         ctx = self.context
         h, w = self._spec.input_size
         ctx.set_input_shape("image", (n, 3, h, w))
