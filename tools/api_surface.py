@@ -8,8 +8,10 @@ says it returns, ``ctx = self.context`` keeps the type) and checks every attribu
 against the imported library: names must exist, calls must bind to one of the signatures (pybind11
 docstrings list them, overloads included). It needs the library importable, not a GPU.
 
-Deliberately small: local type inference by assignment, no control flow. What it cannot type it does
-not check, and it reports how many uses it did check so that a silent pass is visible.
+Deliberately small: flow-insensitive type inference through assignments, tuple unpacking, lists,
+``for`` loops, conditional expressions and the return values of methods in the same file (a value with
+several possible types must suit each). What it cannot type it does not check, and it reports every
+use it did check, so that a silent pass is visible.
 """
 
 from __future__ import annotations
