@@ -80,3 +80,26 @@ def test_bf16_graphs_use_the_first_opset_with_bfloat16_convolutions(models, tmp_
     backend = create_backend("ort-cpu", graph=path)
     with pytest.raises(BagcamsError, match=r"no bfloat16 convolutions.*build-engine"), backend as b:
         b.infer(np.zeros((1, 3, size, size), np.float32))
+
+
+def test_tf32_bars_keep_the_float32_map_bars_and_loosen_only_the_raw_tensors():
+    fp32, tf32, fp16 = (Tolerances.for_precision(p) for p in ("fp32", "tf32", "fp16"))
+    for bar in ("map_pearson", "map_pixels_off", "map_iou50", "box_iou"):
+        assert getattr(tf32, bar) == getattr(fp32, bar)
+    for bar in ("gradient_rel_l2", "logits_rel_l2", "features_rel_l2"):
+        assert getattr(fp32, bar) < getattr(tf32, bar) <= getattr(fp16, bar)
+
+
+def test_tf32_emulation_rounds_to_ten_mantissa_bits():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "tf32_emulation.py"
+    spec = importlib.util.spec_from_file_location("tf32_emulation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    x = torch.tensor([1 + 2**-12, 1 + 2**-11, -(1 + 3 * 2**-11), 3.0, float("inf"), -0.0, 2**-130])
+    got = module.to_tf32(x)
+    want = torch.tensor([1.0, 1 + 2**-10, -(1 + 2 * 2**-10), 3.0, float("inf"), -0.0, 2**-130])
+    assert torch.equal(got, want)
+    assert torch.isnan(module.to_tf32(torch.tensor([float("nan")]))).all()

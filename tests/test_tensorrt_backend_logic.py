@@ -138,12 +138,21 @@ def test_batches_outside_the_profile_and_wrong_backend_kind_are_refused(fakes, g
         create_backend("tensorrt-cam", graph=plan)
 
 
-def test_verify_passes_on_a_plan(fakes, graphs, models, tmp_path):
-    plan = fake_plan(graphs["nocam"], tmp_path / "m.plan")
+def test_verify_passes_on_a_plan_with_the_bars_of_its_arithmetic(fakes, graphs, models, tmp_path):
+    from bagcams_deploy.verify import Tolerances
+
+    plan = fake_plan(graphs["nocam"], tmp_path / "m.plan")  # a record without "tf32": built with TF32 allowed
     with create_backend("tensorrt", graph=plan) as b:
+        assert b.math_precision == "tf32"
         report = verify_backend(b, models["resnet18"], str(plan), num_random=3, batch_size=2)
     assert report.passed, report.failures
+    assert report.precision == "tf32" and report.tolerances == Tolerances.for_precision("tf32")
     assert min(i.map_pearson for i in report.images) > 0.9999
+    record = json.loads(sidecar_path(plan).read_text())
+    sidecar_path(plan).write_text(json.dumps(record | {"tf32": False}))
+    assert create_backend("tensorrt", graph=plan).math_precision == "fp32"
+    half = fake_plan(graphs["fp16_nocam"], tmp_path / "h.plan")
+    assert create_backend("tensorrt", graph=half).math_precision == "fp16"  # TF32 only concerns float32 math
 
 
 @pytest.mark.parametrize("version", ["10.13.3.9", "11.4.0.106"])

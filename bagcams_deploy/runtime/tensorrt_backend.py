@@ -81,6 +81,13 @@ class TensorRTBackend(Backend):
     def spec(self) -> BackendSpec:
         return self._spec
 
+    @property
+    def math_precision(self) -> str:
+        """``tf32`` for a float32 graph built with TF32 allowed (build-engine's default; plans recorded
+        before ``--no-tf32`` existed were built so too), else the graph's precision."""
+        tf32 = self.record.get("tf32", True)
+        return "tf32" if tf32 and self.info.precision == "fp32" else self.info.precision
+
     # -- lifecycle -------------------------------------------------------------------------------
 
     def activate_impl(self) -> None:

@@ -51,6 +51,13 @@ class _TorchBackend(Backend):
     def activate_impl(self) -> None:
         self.model.to(self.device)
 
+    @property
+    def math_precision(self) -> str:
+        """``tf32`` on an Ampere or later GPU while cuDNN may use TF32 (PyTorch's default for
+        convolutions, which the published code runs with), else ``fp32``."""
+        on_ampere = self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 8
+        return "tf32" if on_ampere and torch.backends.cudnn.allow_tf32 else "fp32"
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
