@@ -248,3 +248,17 @@ def test_bench_prints_a_gpu_table_from_the_stage_and_bandwidth_figures():
     for cell in ("1.00", "4.00", "0.20", "0.50", "812.50", "2900.00", "87.00"):
         assert cell in text
     assert gpu_table({"rows": [report["rows"][0]]}) is None
+
+
+def test_verify_cli_picks_the_bars_of_the_engines_arithmetic(fakes, graphs, checkpoints, cli, tmp_path):
+    plan = fake_plan(graphs["nocam"], tmp_path / "m.plan")  # TF32 allowed when built
+    args = ["verify", plan, "--checkpoint", checkpoints["resnet18"], "--num-random", "2", "--report"]
+    r = cli(*args, tmp_path / "tf32.json")
+    assert r.code == 0 and "(tf32)" in r.out, r.out + r.err
+    tol = json.loads((tmp_path / "tf32.json").read_text())["tolerances"]
+    assert tol["gradient_rel_l2"] == 0.1 and tol["map_pearson"] == 0.9995
+    r = cli(*args, tmp_path / "fp32.json", "--bars", "fp32")
+    assert r.code == 0, r.out + r.err  # the fakes compute in exact float32, so the float32 bars hold too
+    assert json.loads((tmp_path / "fp32.json").read_text())["tolerances"]["gradient_rel_l2"] == 5e-3
+    r = cli(*args, tmp_path / "x.json", "--bars", "int8")
+    assert r.code == 1 and "unknown --bars 'int8'" in r.err and len(r.err.strip().splitlines()) == 1

@@ -56,6 +56,9 @@ def export(
     )
 
 
+BAR_PRESETS = ("fp32", "tf32", "fp16", "bf16")
+
+
 def verify(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="exported .onnx (or .plan for tensorrt backends)"),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="the PyTorch checkpoint it was exported from"),
@@ -74,6 +77,9 @@ def verify(
     iou50: float = typer.Option(None, "--min-iou", help="per-image IoU of 0.5-thresholded maps"),
     grad_rel: float = typer.Option(None, "--max-grad-rel", help="per-image gradient relative L2 bar"),
     pixels_off: float = typer.Option(None, "--max-pixels-off", help="share of map pixels allowed off by > 0.01"),
+    bars: str = typer.Option(
+        None, "--bars", help="tolerance preset fp32 | tf32 | fp16 (default: the arithmetic the backend runs)"
+    ),
 ) -> None:
     """Compare a deployment with the PyTorch reference; exit 1 when a tolerance is exceeded."""
     from ..models import load_model
@@ -88,9 +94,11 @@ def verify(
     check_checkpoint_matches(info, model)
     is_plan = str(model_path).lower().endswith(PLAN_SUFFIXES)
     name = backend or ("tensorrt" if is_plan else default_backend())
+    if bars is not None and bars not in BAR_PRESETS:
+        raise BagcamsError(f"unknown --bars {bars!r}; valid: {', '.join(BAR_PRESETS)}")
     b = create_backend(name, graph=model_path, model=model, threads=threads, exact=exact)
-    precision = info.precision
-    tol = Tolerances.for_precision(precision)
+    # a TF32 engine of a float32 graph is judged by TF32 bars, a half-precision graph by half-precision ones
+    tol = Tolerances.for_precision(bars or getattr(b, "math_precision", None) or info.precision)
     for name, value in (("map_pearson", pearson), ("map_iou50", iou50), ("gradient_rel_l2", grad_rel),
                         ("map_pixels_off", pixels_off)):  # fmt: skip
         if value is not None:
