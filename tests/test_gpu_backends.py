@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -28,3 +30,22 @@ def test_cuda_backends_match_the_cpu_reference(models, name):
         r = np.corrcoef(out["cam"][i].ravel(), ref.maps[i].numpy().ravel())[0, 1]
         assert r >= 0.999, (name, i, r)
     assert out["class_id_used"].tolist() == ref.class_ids.tolist()
+
+
+def test_cuda_arithmetic_meets_the_bars_it_reports(models):
+    """On a GPU: torch-analytic under cuDNN's default (TF32 on Ampere+) passes the bars of the math it
+    reports, and with TF32 off it is float32 and passes the float32 bars (checks the CPU emulation)."""
+    if not torch.cuda.is_available():
+        pytest.skip("torch sees no CUDA device")
+    from bagcams_deploy.verify import verify_backend
+
+    model = models["resnet50"]  # the float32 reference, on the CPU
+    on_gpu = copy.deepcopy(model)  # the backend moves its model to the GPU
+    for allow in (True, False):
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=allow):
+            b = create_backend("torch-analytic", model=on_gpu, method="bagcams", target_layer="layer3", device="cuda")
+            with b:
+                expected = "tf32" if allow and torch.cuda.get_device_capability()[0] >= 8 else "fp32"
+                assert b.math_precision == expected
+                rep = verify_backend(b, model, "torch-analytic", num_random=4, seed=3, batch_size=2)
+        assert rep.precision == expected and rep.passed, (expected, rep.failures)
