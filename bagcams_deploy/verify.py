@@ -8,6 +8,7 @@ much, and whether boxes change, instead of a single pass/fail bit; tolerances de
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -275,6 +276,10 @@ def verify_backend(
     images = np.concatenate([b[0] for b in batches])
     sources = [s for b in batches for s in b[1]]
 
+    device = getattr(getattr(backend, "device", None), "type", "cpu")
+    if getattr(backend, "model", None) is model and device != "cpu":
+        # a torch backend on a GPU holds this very model there; the CPU reference must not move it back
+        model = copy.deepcopy(model).cpu()
     reference = TorchReferenceBackend(model, spec.method, spec.target_layer, input_size=spec.input_size,
                                       published_autograd=False)  # fmt: skip
     reports: list[ImageReport] = []

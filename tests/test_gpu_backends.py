@@ -39,11 +39,10 @@ def test_cuda_arithmetic_meets_the_bars_it_reports(models):
         pytest.skip("torch sees no CUDA device")
     from bagcams_deploy.verify import verify_backend
 
-    model = models["resnet50"]  # the float32 reference, on the CPU
-    on_gpu = copy.deepcopy(model)  # the backend moves its model to the GPU
+    model = copy.deepcopy(models["resnet50"])  # shared by the backend (on the GPU) and verify's CPU reference
     for allow in (True, False):
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=allow):
-            b = create_backend("torch-analytic", model=on_gpu, method="bagcams", target_layer="layer3", device="cuda")
+            b = create_backend("torch-analytic", model=model, method="bagcams", target_layer="layer3", device="cuda")
             with b:
                 expected = "tf32" if allow and torch.cuda.get_device_capability()[0] >= 8 else "fp32"
                 assert b.math_precision == expected
