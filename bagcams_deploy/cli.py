@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 
 # Command modules under bagcams_deploy/commands, each with register(app).
-COMMAND_MODULES = ("core", "export_verify", "bench", "evaluate", "engine", "demo")
+COMMAND_MODULES = ("core", "export_verify", "bench", "evaluate", "engine", "backends", "demo")
 
 for _name in COMMAND_MODULES:
     try:

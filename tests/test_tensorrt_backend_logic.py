@@ -262,3 +262,24 @@ def test_verify_cli_picks_the_bars_of_the_engines_arithmetic(fakes, graphs, chec
     assert json.loads((tmp_path / "fp32.json").read_text())["tolerances"]["gradient_rel_l2"] == 5e-3
     r = cli(*args, tmp_path / "x.json", "--bars", "int8")
     assert r.code == 1 and "unknown --bars 'int8'" in r.err and len(r.err.strip().splitlines()) == 1
+
+
+def test_backends_command_on_a_machine_with_tensorrt_and_a_gpu(fakes, cli):
+    from bagcams_deploy.runtime.environment import backend_statuses
+
+    rows = {s.name: s for s in backend_statuses()}
+    for name in ("tensorrt", "tensorrt-cam", "tensorrt-cudagraph"):
+        assert rows[name].available, rows[name]
+        assert f"tensorrt {fake_gpu.TENSORRT_VERSION}" in rows[name].detail
+    r = cli("backends")
+    assert r.code == 0 and f"CUDA device: {fake_gpu.DEVICE_NAME} (sm_90, seen by pycuda)" in r.out, r.out
+    assert "kernels: prebuilt machine code (sm_90)" in r.out
+
+
+def test_backends_command_names_a_tensorrt_too_old(fakes):
+    from bagcams_deploy.runtime.environment import backend_statuses
+
+    _, _, trt = fakes
+    trt.__version__ = "10.0.1.6"
+    row = {s.name: s for s in backend_statuses()}["tensorrt"]
+    assert not row.available and "TensorRT 10.0.1.6 is too old" in row.detail

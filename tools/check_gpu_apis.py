@@ -12,8 +12,8 @@ an engine or a kernel; it proves that the names, enum members and call shapes ex
 - TensorRT: the bindings wheels (``tensorrt-cu12-bindings`` / ``tensorrt-cu13-bindings``, ~1.3 MB)
   come from PyPI; ``runtime/tensorrt_build.py`` and ``runtime/tensorrt_backend.py`` are checked.
 - PyCUDA: built from its sdist for the running interpreter by ``tools/build_pycuda_wheel.sh`` (needs
-  the CUDA headers and nvcc, ~1.5 min); ``kernels/launcher.py``, ``kernels/bandwidth.py`` and both
-  TensorRT modules are checked.
+  the CUDA headers and nvcc, ~1.5 min); ``kernels/launcher.py``, ``kernels/bandwidth.py``,
+  ``runtime/environment.py`` and both TensorRT modules are checked.
 
     python tools/check_gpu_apis.py --report benchmarks/results/gpu_api_check.md
     python tools/check_gpu_apis.py --tensorrt 10.8.0.43 --skip-pycuda
@@ -39,7 +39,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DEFAULT_TENSORRT = ("10.13.3.9", "11.4.0.106")
 TENSORRT_FILES = ("bagcams_deploy/runtime/tensorrt_build.py", "bagcams_deploy/runtime/tensorrt_backend.py")
-PYCUDA_FILES = ("bagcams_deploy/kernels/launcher.py", "bagcams_deploy/kernels/bandwidth.py", *TENSORRT_FILES)
+PYCUDA_FILES = (
+    "bagcams_deploy/kernels/launcher.py",
+    "bagcams_deploy/kernels/bandwidth.py",
+    "bagcams_deploy/runtime/environment.py",
+    *TENSORRT_FILES,
+)
 NATIVE = {"tensorrt": ("libnvinfer", "libnvonnxparser"), "pycuda": ("libcuda.so",)}
 
 
