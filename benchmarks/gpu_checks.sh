@@ -12,7 +12,7 @@
 # BagCAMs, 224x224, batch 1/8/32). TensorRT and onnxruntime-gpu are not carried (too large), so their
 # tests skip with a reason and the results say so.
 # Results go to $OUT (the device tool's folder) or ./gpu-results: log.txt, device.txt,
-# pytest_gpu.txt, kernel.json, bench_cuda.json.
+# backends.txt, pytest_gpu.txt, kernel.json, bench_cuda.json.
 set -uo pipefail
 out="${OUT:-gpu-results}"
 mkdir -p "$out"
@@ -37,6 +37,7 @@ except Exception as exc:  # noqa: BLE001 - a report line, not a failure
     print(f"pycuda: not usable here ({type(exc).__name__}: {exc})")
 EOF
 python3 -c "import tensorrt" 2>/dev/null && echo "tensorrt: installed" || echo "tensorrt: not installed (its tests skip)"
+timeout 60 python3 -c "from bagcams_deploy.cli import main; main()" backends | tee "$out/backends.txt"
 
 echo "== pytest -m gpu"
 timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee "$out/pytest_gpu.txt"
