@@ -67,6 +67,13 @@ def make_pycuda(memory: Memory) -> types.ModuleType:
         def compute_capability(self) -> tuple[int, int]:
             return COMPUTE_CAPABILITY
 
+    class Context:
+        @staticmethod
+        def get_device() -> Device:
+            if not drv.context_current:
+                raise Error("no current context")
+            return Device(0)
+
     class DeviceAllocation:
         def __init__(self, nbytes: int) -> None:
             self.ptr = memory.alloc(nbytes)
@@ -113,6 +120,8 @@ def make_pycuda(memory: Memory) -> types.ModuleType:
         memory.view(int(dest), np.uint8, (count,))[...] = value
 
     drv.log = []
+    drv.context_current = False  # set by the tests that want one
+    drv.Context = Context
     drv.mem_get_info = lambda: (8 << 20, 16 << 20)  # (free, total)
     drv.memcpy_dtod_async, drv.memset_d8 = memcpy_dtod_async, memset_d8
     drv.Error, drv.Device, drv.DeviceAllocation, drv.Stream, drv.Event = Error, Device, DeviceAllocation, Stream, Event

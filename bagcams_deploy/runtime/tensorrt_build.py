@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -141,14 +140,19 @@ def _sha256(path: Path) -> str:
 
 
 def current_system() -> SystemInfo:
-    """The running TensorRT version and current CUDA device (needs tensorrt and pycuda)."""
+    """The running TensorRT version and the CUDA device engines will run on (needs tensorrt and pycuda):
+    the device of the current context when there is one, else device 0, which is where TensorRT and
+    our kernel put their context (choose the GPU with ``CUDA_VISIBLE_DEVICES``)."""
     trt = require("tensorrt", "TensorRT engines", _TRT_HINT)
     drv = require("pycuda.driver", "TensorRT engines", _PYCUDA_HINT)
     try:
         drv.init()
         if drv.Device.count() < 1:
             raise BagcamsError("TensorRT engines need a CUDA GPU; none is visible")
-        dev = drv.Device(int(os.environ.get("BAGCAMS_CUDA_DEVICE", "0")))
+        try:
+            dev = drv.Context.get_device()
+        except drv.Error:  # no current context yet
+            dev = drv.Device(0)
         tensorrt_release(str(trt.__version__))
         return SystemInfo(str(trt.__version__), dev.name(), tuple(dev.compute_capability()))
     except drv.Error as exc:
