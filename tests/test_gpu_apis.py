@@ -173,3 +173,38 @@ def test_our_pycuda_calls_exist_in_pycuda(bindings_cache):
               "Event.record", "Event.time_since", "memcpy_htod_async", "Stream.handle", "pagelocked_empty")  # fmt: skip
     for use in wanted:
         assert use in checked, f"{use} was not reached by the checker"
+
+
+def test_cuda_graph_driver_calls_match_cuda_h(tmp_path):
+    """Every ``self._cu.<fn>(...)`` call of runtime/cuda_graph.py (ctypes, so nothing checks it at
+    run time) must name a function cuda.h declares, with the same number of arguments, and the capture
+    mode constant must have cuda.h's value: a C file making the same calls is compiled against it."""
+    import ast
+    import shutil
+    import subprocess
+
+    from bagcams_deploy.runtime import cuda_graph
+
+    from .test_kernels import CUDA_INCLUDE
+
+    gcc = shutil.which("gcc")
+    if gcc is None or CUDA_INCLUDE is None or not (CUDA_INCLUDE / "cuda.h").is_file():
+        pytest.skip("needs gcc and the CUDA headers (cuda.h)")
+    tree = ast.parse(Path(cuda_graph.__file__).read_text())
+    calls = {
+        (node.func.attr, len(node.args))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Attribute)
+        and node.func.value.attr == "_cu"
+    }
+    assert {name for name, _ in calls} >= {"cuStreamBeginCapture_v2", "cuStreamEndCapture", "cuGraphLaunch"}
+    body = "".join(f"  (void){name}({', '.join(['0'] * n)});\n" for name, n in sorted(calls))
+    mode = cuda_graph.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+    source = tmp_path / "calls.c"
+    source.write_text(f'#include <cuda.h>\n_Static_assert(CU_STREAM_CAPTURE_MODE_THREAD_LOCAL == {mode}, "mode");\n'
+                      f"void calls(void) {{\n{body}}}\n")  # fmt: skip
+    cmd = [gcc, "-std=c11", "-fsyntax-only", "-Werror", "-Wall", "-I", str(CUDA_INCLUDE), str(source)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
