@@ -243,6 +243,11 @@ def compare_outputs(
     return reports, frozen
 
 
+def judged_precision(backend: Backend) -> str:
+    """The arithmetic a backend really runs (a TF32 engine of a float32 graph), else its graph's precision."""
+    return getattr(backend, "math_precision", None) or getattr(getattr(backend, "info", None), "precision", "fp32")
+
+
 def verify_backend(
     backend: Backend,
     model: WSOLModel,
@@ -260,8 +265,7 @@ def verify_backend(
             f"checkpoint does not match {graph}: the model is {spec.architecture} with {spec.num_classes} classes, "
             f"the checkpoint {model.architecture} with {model.num_classes}"
         )
-    # the arithmetic the backend really runs (a TF32 engine of a float32 graph), else the graph's precision
-    precision = getattr(backend, "math_precision", None) or getattr(getattr(backend, "info", None), "precision", "fp32")
+    precision = judged_precision(backend)
     tol = tolerances or Tolerances.for_precision(precision)
     seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
     size = spec.input_size or (224, 224)

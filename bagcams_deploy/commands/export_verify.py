@@ -87,7 +87,7 @@ def verify(
     from ..runtime import create_backend
     from ..runtime.open import PLAN_SUFFIXES, read_model_info
     from ..runtime.registry import default_backend
-    from ..verify import Tolerances, check_checkpoint_matches, verify_backend
+    from ..verify import Tolerances, check_checkpoint_matches, judged_precision, verify_backend
 
     info = read_model_info(model_path)
     model = load_model(checkpoint, info.architecture)
@@ -98,7 +98,7 @@ def verify(
         raise BagcamsError(f"unknown --bars {bars!r}; valid: {', '.join(BAR_PRESETS)}")
     b = create_backend(name, graph=model_path, model=model, threads=threads, exact=exact)
     # a TF32 engine of a float32 graph is judged by TF32 bars, a half-precision graph by half-precision ones
-    tol = Tolerances.for_precision(bars or getattr(b, "math_precision", None) or info.precision)
+    tol = Tolerances.for_precision(bars or judged_precision(b))
     for name, value in (("map_pearson", pearson), ("map_iou50", iou50), ("gradient_rel_l2", grad_rel),
                         ("map_pixels_off", pixels_off)):  # fmt: skip
         if value is not None:

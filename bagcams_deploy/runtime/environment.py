@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 
 from ..errors import BagcamsError
+from .ort_backend import PROVIDERS
 from .registry import GRAPH_BACKENDS, MODEL_BACKENDS
 
 
@@ -95,8 +96,7 @@ def backend_statuses() -> list[BackendStatus]:
     for name, (_, _, what) in GRAPH_BACKENDS.items():
         missing = []
         if name.startswith("ort-"):
-            provider = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
-                        "ort-trt": "TensorrtExecutionProvider"}[name]  # fmt: skip
+            provider = PROVIDERS[name][0]
             if ort_v is None:
                 missing.append("onnxruntime not installed")
             elif provider not in providers:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from ..errors import BagcamsError, MissingDependencyError
 from ..export.contract import GraphInfo, class_names_of, read_graph_info
-from .base import Backend, BackendSpec, Timer
+from .base import Backend, BackendSpec, Timer, file_sha256
 
 PROVIDERS = {
     "ort-cpu": ["CPUExecutionProvider"],
@@ -47,11 +46,7 @@ def ort_trt_options(path: str | Path, info: GraphInfo) -> dict[str, str]:
     """TensorRT EP options: without an engine cache every session rebuilds the engine (minutes), and
     without explicit profile shapes a new batch size rebuilds it again. Precision is the graph's: no
     ``trt_fp16_enable``, which would let TensorRT run the float32 graph's ReLU-mask gain (2^100) in fp16."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    cache = cache_dir() / "ort-trt" / h.hexdigest()[:16]
+    cache = cache_dir() / "ort-trt" / file_sha256(path)[:16]
     opts = {
         "trt_engine_cache_enable": "True",
         "trt_engine_cache_path": str(cache),

@@ -17,7 +17,6 @@ same behaviour.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from ..errors import BagcamsError, require
 from ..export.contract import GraphInfo, class_names_of, read_graph_info
+from .base import file_sha256
 
 SIDECAR_FORMAT = "bagcams-deploy-plan-v1"
 _TRT_HINT = "pip install 'tensorrt>=10.1' (TensorRT 10.1 or later, 11 included) on a machine with an NVIDIA GPU"
@@ -125,18 +125,10 @@ def read_sidecar(plan: str | Path) -> dict:
         raise BagcamsError(f"{side} is not valid JSON ({exc})") from None
     if not isinstance(record, dict) or record.get("format") != SIDECAR_FORMAT:
         raise BagcamsError(f"{side} is not a bagcams-deploy plan record")
-    digest = _sha256(plan)
+    digest = file_sha256(plan)
     if record.get("plan_sha256") != digest:
         raise BagcamsError(f"{plan} does not match its record {side.name} (sha256 differs): rebuild the plan")
     return record
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def current_system() -> SystemInfo:
@@ -256,8 +248,8 @@ def build_engine(
         "graph": graph,
         "class_names": list(class_names_of(onnx_path) or []) or None,
         "source_onnx": str(onnx_path),
-        "source_onnx_sha256": _sha256(onnx_path),
-        "plan_sha256": _sha256(plan_path),
+        "source_onnx_sha256": file_sha256(onnx_path),
+        "plan_sha256": file_sha256(plan_path),
         "profile": asdict(profile),
         "workspace_gb": workspace_gb,
         "tf32": tf32,
