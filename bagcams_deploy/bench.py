@@ -120,9 +120,9 @@ def _child(job: dict, queue: mp.Queue) -> None:
         else:
             model = None
             if wants_model and job["checkpoint"]:
-                from .models import load_model
+                from .runtime.open import load_checkpoint_for, read_model_info
 
-                model = load_model(job["checkpoint"])
+                model = load_checkpoint_for(job["checkpoint"], read_model_info(job["model"]))
             backend = create_backend(
                 job["backend"],
                 graph=job["model"],
@@ -180,6 +180,21 @@ def _run_isolated(job: dict, timeout: float) -> dict:
     return result
 
 
+def check_backends_can_run(backends: list[str], model_path: str) -> None:
+    """Refuse a backend that cannot run here before minutes are spent benchmarking the others."""
+    from .runtime.environment import backend_statuses
+    from .runtime.registry import ALL_BACKENDS, GRAPH_BACKENDS, check_model_kind
+
+    statuses = {s.name: s for s in backend_statuses()}
+    for name in backends:
+        if name not in ALL_BACKENDS:
+            raise BagcamsError(f"unknown backend {name!r}; valid: {', '.join(ALL_BACKENDS)}")
+        if name in GRAPH_BACKENDS:
+            check_model_kind(name, model_path)
+        if name in statuses and not statuses[name].available:
+            raise BagcamsError(f"backend {name} cannot run here: {statuses[name].detail}")
+
+
 def run_benchmark(
     model_path: str,
     checkpoint: str | None,
@@ -196,11 +211,11 @@ def run_benchmark(
 ) -> dict:
     """Benchmark ``backends`` at each batch size; returns a JSON-able report (rows + machine info)."""
     from .export.onnx_export import export_forward_onnx
-    from .models import load_model
 
     if any(b.startswith("torch") for b in backends) and not checkpoint:
         raise BagcamsError("torch backends need --checkpoint")
-    from .runtime.open import read_model_info
+    check_backends_can_run(backends, model_path)
+    from .runtime.open import load_checkpoint_for, read_model_info
 
     info = read_model_info(model_path)
     size = info.input_size or (224, 224)
@@ -212,7 +227,7 @@ def run_benchmark(
             if not checkpoint:
                 raise BagcamsError("the forward-only floor needs --checkpoint (or pass --no-floor)")
             floor_path = str(Path(tmp) / "forward.onnx")
-            export_forward_onnx(load_model(checkpoint, info.architecture if info else None), floor_path, size)
+            export_forward_onnx(load_checkpoint_for(checkpoint, info), floor_path, size)
             names.append(FLOOR)
         for batch in batch_sizes:
             for name in names:

@@ -45,6 +45,15 @@ def main() -> None:
     except BagcamsError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except OSError as exc:  # the file system said no (a path that is a file, no space, no permission)
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(1)
+    except MemoryError:
+        typer.echo(
+            "error: out of memory: try a smaller --batch-size or --input-size, or a larger --cam-interval", err=True
+        )
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 
 from .evaluation.boxes import boxes_from_scoremap
+from .outputs import check_distinct_stems
 from .preprocessing import load_image, preprocess
-from .runtime.base import Backend
+from .runtime.base import Backend, score_maps
 from .visualize import render_overlay, resize_map, save_png
 
 
@@ -41,6 +42,7 @@ def localize_images(
     """Per image: ``<stem>.npy`` (the map at the original image size), ``<stem>_overlay.png`` and a
     record (class, score, probability, boxes in original-image pixels); ``threshold=None`` = Otsu.
     Writes ``boxes.json`` with all records and returns them."""
+    check_distinct_stems(paths)
     spec = backend.spec
     size = spec.input_size or (224, 224)
     out.mkdir(parents=True, exist_ok=True)
@@ -52,9 +54,10 @@ def localize_images(
         ids = None if class_id is None else np.full(len(chunk), class_id, dtype=np.int64)
         res = backend.infer(x, ids)
         logits = res["logits"]
+        maps = score_maps(spec, res, x.shape[2:])
         for k, (p, rgb) in enumerate(zip(chunk, rgbs, strict=True)):
             h, w = rgb.shape[:2]
-            full = resize_map(res["cam"][k, 0], (h, w))
+            full = resize_map(maps[k, 0], (h, w))
             t = otsu_threshold(full) if threshold is None else threshold
             boxes = [
                 list(map(int, b)) for b in boxes_from_scoremap(full, t, multi_contour) if b[2] > b[0] or b[3] > b[1]

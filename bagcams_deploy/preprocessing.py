@@ -6,6 +6,7 @@ PIL image; no crop), scale to [0, 1], normalise with the ImageNet mean/std, NCHW
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,17 +29,22 @@ def load_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise BagcamsError(f"image not found: {path}")
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                hi = arr.max() if arr.size and arr.max() > 0 else 1.0
-                im = Image.fromarray(np.uint8(np.clip(arr / hi * 255.0, 0, 255)))
-            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(background, im)
-            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+        with warnings.catch_warnings():
+            # large photos are fine (they are resized at once); only PIL's hard bomb limit is an error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    arr = np.asarray(im, dtype=np.float64)
+                    hi = arr.max() if arr.size and arr.max() > 0 else 1.0
+                    im = Image.fromarray(np.uint8(np.clip(arr / hi * 255.0, 0, 255)))
+                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                    im = im.convert("RGBA")
+                    background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                    im = Image.alpha_composite(background, im)
+                rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as exc:
+        raise BagcamsError(f"image {path} is too large to decode safely ({str(exc).splitlines()[0][:120]})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise BagcamsError(f"cannot read image {path}: {str(exc).splitlines()[0][:120]}") from None
     h, w = rgb.shape[:2]
@@ -98,4 +104,4 @@ def expand_image_paths(inputs: Sequence[str | Path]) -> list[Path]:
             raise BagcamsError(f"no such image file or folder: {p}")
     if not out:
         raise BagcamsError("no image files found in " + ", ".join(str(i) for i in inputs))
-    return out
+    return list(dict.fromkeys(out))  # a file named twice (or by its folder as well) runs once

@@ -193,3 +193,34 @@ def test_usage_errors_and_help(cli):
     assert h.code == 0
     for command in ("info", "cam", "export", "verify", "bench", "evaluate", "localize", "demo"):
         assert command in h.out
+
+
+def test_export_refuses_options_that_would_be_ignored(cli, checkpoints, tmp_path):
+    out = tmp_path / "c.onnx"
+    ckpt = checkpoints["resnet18"]
+    assert_one_line_error(cli("export", ckpt, "-o", out, "--method", "cam", "--target-layer", "layer3"),
+                          "method cam maps the classifier's input (layer4)")  # fmt: skip
+    assert_one_line_error(cli("export", checkpoints["resnet18"], "-o", out, "--method", "cam", "--no-cam"),
+                          "leaves neither a map nor gradients")  # fmt: skip
+    assert not out.exists()
+    r = cli("export", checkpoints["resnet18"], "-o", out, "--method", "cam", "--target-layer", "layer4",
+            "--input-size", "64")  # fmt: skip
+    assert r.code == 0 and "cam at layer4" in r.out, r.err
+
+
+def test_backends_and_model_files_must_match(cli, checkpoints, exported, tmp_path):
+    """A plan for an ONNX backend, an ONNX graph for a TensorRT backend: named at once, before any work."""
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"not really a plan")
+    ckpt = checkpoints["resnet18"]
+    assert_one_line_error(cli("verify", exported, "--checkpoint", ckpt, "--backend", "tensorrt"),
+                          "backend tensorrt runs a TensorRT plan", "build-engine")  # fmt: skip
+    assert_one_line_error(cli("verify", plan, "--checkpoint", ckpt, "--backend", "ort-cpu"),
+                          "is a TensorRT plan: backend ort-cpu runs the .onnx graph")  # fmt: skip
+    img = write_image(tmp_path / "x.png")
+    assert_one_line_error(cli("localize", img, "--model", exported, "--out", tmp_path / "o", "--backend",
+                              "tensorrt-cam"), "runs a TensorRT plan")  # fmt: skip
+    # bench refuses a backend that cannot run here before it spends minutes on the others (no row printed)
+    r = cli("bench", exported, "--checkpoint", ckpt, "--backends", "torch-reference,ort-cpu,tensorrt")
+    assert_one_line_error(r, "backend tensorrt runs a TensorRT plan")
+    assert "torch-reference" not in r.out

@@ -53,3 +53,16 @@ def test_backends_command_says_what_runs_and_what_is_missing(cli):
         assert not rows["tensorrt"].available and "tensorrt not installed" in rows["tensorrt"].detail
     if importlib.util.find_spec("pycuda") is None and "CUDA device: none" in r.out:
         assert "pycuda not installed" in r.out
+
+
+def test_backends_prints_install_hints_verbatim(cli, monkeypatch):
+    """Square brackets in pip extras are text, not console markup: the hint must be copy-pasteable."""
+    from bagcams_deploy.runtime import environment
+
+    hint = "openvino not installed (pip install 'bagcams-deploy[openvino]')"
+    monkeypatch.setattr(
+        environment, "backend_statuses", lambda: [environment.BackendStatus("ov-cpu", False, "x", hint)]
+    )
+    r = cli("backends")
+    assert r.code == 0, r.err
+    assert "bagcams-deploy[openvino]" in " ".join(r.out.split())

@@ -119,3 +119,80 @@ def test_localize_writes_overlays_maps_and_boxes(cli, setup, tmp_path):
     assert_one_line_error(
         cli("localize", imgs, "--model", setup["graph"], "--out", out, "--class-id", "10"), "out of range"
     )
+
+
+@pytest.fixture(scope="module")
+def no_cam_graph(setup):
+    """The same gradcam graph without its in-graph map (the form meant for the TensorRT kernel)."""
+    path = setup["root"] / "m_nocam.onnx"
+    model = build_model("resnet18", 10, seed=2, randomize_batchnorm=True)
+    export_onnx(model, path, method="gradcam", target_layer="layer3", input_size=64, with_cam=False)
+    return path
+
+
+def test_graph_without_cam_output_localizes_and_evaluates_like_the_full_graph(cli, setup, no_cam_graph, tmp_path):
+    """Consumers of maps make them on the host from features and gradients: same maps, same metrics."""
+    src = sorted((setup["data"] / "images" / "test").glob("*.png"))[:2]
+    for name, graph in (("full", setup["graph"]), ("nocam", no_cam_graph)):
+        r = cli("localize", *src, "--model", graph, "--out", tmp_path / name, "--backend", "ort-cpu")
+        assert r.code == 0, r.err
+    for p in src:
+        full, host = np.load(tmp_path / "full" / f"{p.stem}.npy"), np.load(tmp_path / "nocam" / f"{p.stem}.npy")
+        assert np.isfinite(host).all() and np.abs(full - host).max() < 1e-4
+    boxes = [json.loads((tmp_path / n / "boxes.json").read_text())["images"] for n in ("full", "nocam")]
+    assert [b["boxes"] for b in boxes[0]] == [b["boxes"] for b in boxes[1]]
+    summaries = []
+    for name, graph in (("full", setup["graph"]), ("nocam", no_cam_graph)):
+        report = tmp_path / f"{name}.json"
+        r = cli(*_args(setup, "--model", graph, "--backend", "ort-cpu", "--report", report))
+        assert r.code == 0, r.err
+        summaries.append(next(iter(json.loads(report.read_text())["runs"].values()))["summary"])
+    for k in ("GT-known Loc", "MaxBoxAccV2", "pIoU", "PxAP"):
+        assert summaries[1][k] == pytest.approx(summaries[0][k], abs=0.5)
+
+
+def test_verify_of_a_graph_without_cam_says_where_its_maps_come_from(cli, setup, no_cam_graph, tmp_path):
+    report = tmp_path / "v.json"
+    # --exact: the gradient bars are about mask flips from fused kernels, not about where the map is made
+    r = cli("verify", no_cam_graph, "--checkpoint", setup["ckpt"], "--num-random", "2", "--backend", "ort-cpu",
+            "--exact", "--report", report)  # fmt: skip
+    assert r.code == 0, r.out + r.err
+    assert "maps from the host aggregation" in r.out
+    rep = json.loads(report.read_text())
+    assert rep["passed"] and rep["map_source"].startswith("host aggregation")
+
+
+def test_localize_refuses_what_the_graph_does_not_compute(cli, setup, tmp_path):
+    img = sorted((setup["data"] / "images" / "test").glob("*.png"))[0]
+    out = tmp_path / "loc"
+    assert_one_line_error(cli("localize", img, "--model", setup["graph"], "--out", out, "--method", "bagcams"),
+                          "computes gradcam, not bagcams")  # fmt: skip
+    assert_one_line_error(cli("localize", img, "--model", setup["graph"], "--out", out, "--target-layer", "layer4"),
+                          "maps layer3, not layer4")  # fmt: skip
+    assert_one_line_error(
+        cli("localize", img, "--model", setup["graph"], "--out", out, "--threshold", "0.4", "--auto"),
+        "--threshold and --auto",
+    )
+    # the same options on a checkpoint are honoured, and CAM's layer is not negotiable
+    cam_at_layer3 = cli("localize", img, "--model", setup["ckpt"], "--out", out, "--method", "cam",
+                        "--target-layer", "layer3")  # fmt: skip
+    assert_one_line_error(cam_at_layer3, "method cam maps the classifier's input (layer4)")
+    r = cli(
+        "localize", img, "--model", setup["ckpt"], "--out", out, "--method", "gradcampp", "--target-layer", "layer2"
+    )
+    assert r.code == 0, r.err
+    doc = json.loads((out / "boxes.json").read_text())
+    assert doc["method"] == "gradcampp" and doc["target_layer"] == "layer2"
+    assert not list(out.glob("*.onnx"))
+
+
+def test_evaluate_maps_honours_limit(cli, setup, tmp_path):
+    maps = tmp_path / "maps"
+    r = cli(*_args(setup, "--model", setup["graph"], "--save-maps", maps, "--limit", "3"))
+    assert r.code == 0, r.err
+    assert len(list(maps.rglob("*.npy"))) == 3
+    report = tmp_path / "r.json"
+    r2 = cli(*_args(setup, "--maps", maps, "--limit", "3", "--report", report))
+    assert r2.code == 0, r2.err
+    run = next(iter(json.loads(report.read_text())["runs"].values()))
+    assert run["count"] == 3

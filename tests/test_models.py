@@ -153,3 +153,18 @@ def test_describe_lists_target_layers_and_channels(models):
     r = models["resnet50"].describe()
     assert r.layer_channels == {"layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
     assert r.parameter_count == sum(p.numel() for p in models["resnet50"].parameters())
+
+
+@pytest.mark.parametrize(
+    ("arch", "layer", "large", "side"),
+    [("inception_v3", "Mixed_6a", True, 28), ("inception_v3", "Mixed_6a", False, 14),
+     ("inception_v3", "SPG_A3_2b", False, 14), ("resnet50", "layer3", True, 28), ("resnet50", "layer3", False, 14),
+     ("resnet50", "layer4", False, 14)],
+)  # fmt: skip
+def test_small_feature_map_downsamples_once_more(arch, layer, large, side):
+    """SPEC: without the large map ResNet's layer3 has stride 2 and Inception gains one max-pool before
+    Mixed_6a (whose stride stays 1): both halve the 28x28 map once, to 14x14 at 224 input."""
+    model = build_model(arch, 5, large_feature_map=large)
+    with torch.no_grad():
+        f, _ = model.features_and_logits(torch.zeros(1, 3, 224, 224), layer)
+    assert tuple(f.shape[2:]) == (side, side)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -23,16 +24,16 @@ def backends() -> None:
     for col in ("backend", "runs", "on", "version / missing"):
         t.add_column(col)
     for s in backend_statuses():
-        t.add_row(s.name, "yes" if s.available else "no", s.runs_on, s.detail)
+        t.add_row(s.name, "yes" if s.available else "no", s.runs_on, escape(s.detail))  # pip extras: [gpu]
     console.print(t)
     contents = read_fatbin(FATBIN)
     sass = " ".join(f"sm_{a}" for a in contents.sass)
     ptx = " ".join(f"compute_{a}" for a in contents.ptx)
-    console.print(f"shipped kernels: {sass}; PTX {ptx}", highlight=False)
+    console.print(f"shipped kernels: {sass}; PTX {ptx}", highlight=False, markup=False)
     device = cuda_device()
     if isinstance(device, str):
-        console.print(f"CUDA device: none ({device})", highlight=False)
+        console.print(f"CUDA device: none ({device})", highlight=False, markup=False)
     else:
         cc = device.compute_capability
         console.print(f"CUDA device: {device.name} (sm_{cc[0]}{cc[1]}, seen by {device.seen_by}); "
-                      f"kernels: {kernel_route(contents, cc)}", highlight=False)  # fmt: skip
+                      f"kernels: {kernel_route(contents, cc)}", highlight=False, markup=False)  # fmt: skip

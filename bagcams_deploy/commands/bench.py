@@ -32,7 +32,7 @@ def bench(
     batch_sizes: str = typer.Option("1,8", "--batch-sizes"),
     warmup: int = typer.Option(3, "--warmup", min=0),
     iters: int = typer.Option(20, "--iters", min=1),
-    threads: int = typer.Option(None, "--threads", help="same intra-op thread count for every backend"),
+    threads: int = typer.Option(None, "--threads", min=1, help="same intra-op thread count for every backend"),
     exact: bool = typer.Option(False, "--exact", help="ONNX Runtime optimisations off"),
     device: str = typer.Option("cpu", "--device", help="torch backends: cpu or cuda"),
     no_floor: bool = typer.Option(False, "--no-floor", help="skip the forward-only classifier floor"),
@@ -40,8 +40,10 @@ def bench(
 ) -> None:
     """p50/p90/p99 latency, images/s and peak memory per backend and batch size, plus the forward-only floor."""
     from ..bench import run_benchmark, save_report
+    from ..outputs import output_file
     from ..runtime import parse_backends
 
+    output_file(json_out, "--json")
     names = parse_backends(backends)
     sizes = _ints(batch_sizes, "--batch-sizes")
     console = Console(width=None if Console().is_terminal else 140)

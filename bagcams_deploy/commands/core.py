@@ -22,11 +22,14 @@ def info(
     arch: str = typer.Option(None, "--arch", help="architecture (inferred from tensor names when omitted)"),
     num_classes: int = typer.Option(None, "--num-classes", help="classes (inferred from fc.weight when omitted)"),
     json_out: bool = typer.Option(False, "--json", help="print JSON instead of text"),
+    small_feature_map: bool = typer.Option(
+        False, "--small-feature-map", help="checkpoint trained without the large feature map (e.g. OpenImages)"
+    ),
 ) -> None:
     """Architecture, classes, target layers and parameter count of a checkpoint."""
     from ..models import load_model
 
-    d = load_model(checkpoint, arch, num_classes).describe()
+    d = load_model(checkpoint, arch, num_classes, large_feature_map=False if small_feature_map else None).describe()
     if json_out:
         typer.echo(json.dumps(d.to_dict(), indent=2))
         return
@@ -46,13 +49,19 @@ def cam(
     out: Path = typer.Option(..., "--out", help="output folder"),
     method: str = typer.Option("bagcams", "--method", help="|".join(METHODS)),
     target_layer: str = typer.Option(None, "--target-layer", help="default: layer3 (ResNet), SPG_A3_1b (Inception)"),
-    class_id: int = typer.Option(None, "--class-id", help="class to explain (default: the predicted class)"),
+    class_id: int = typer.Option(None, "--class-id", min=0, help="class to explain (default: the predicted class)"),
     arch: str = typer.Option(None, "--arch"),
     num_classes: int = typer.Option(None, "--num-classes"),
-    input_size: int = typer.Option(224, "--input-size"),
+    input_size: int = typer.Option(224, "--input-size", min=1, max=4096),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
+    small_feature_map: bool = typer.Option(
+        False, "--small-feature-map", help="checkpoint trained without the large feature map (e.g. OpenImages)"
+    ),
 ) -> None:
     """PyTorch-reference maps for image files: an overlay PNG and the raw map (.npy) per image."""
+    from ..outputs import check_distinct_stems, output_dir
+
+    output_dir(out, "--out")
     from ..models import load_model
     from ..preprocessing import expand_image_paths, load_image, preprocess
     from ..progress import progress_bar
@@ -61,10 +70,10 @@ def cam(
 
     if method not in METHODS:
         raise BagcamsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    model = load_model(checkpoint, arch, num_classes)
-    if target_layer is not None and method != "cam":
-        model.check_target_layer(target_layer)
+    model = load_model(checkpoint, arch, num_classes, large_feature_map=False if small_feature_map else None)
+    model.check_layer_for(method, target_layer)
     paths = expand_image_paths(images)
+    check_distinct_stems(paths)
     out.mkdir(parents=True, exist_ok=True)
     flagged = []
     with progress_bar(len(paths), f"{method} maps") as advance:

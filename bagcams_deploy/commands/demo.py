@@ -71,10 +71,10 @@ def demo(
     num_test: int = typer.Option(200, "--num-test", min=10, help="test scenes to evaluate on"),
     num_localize: int = typer.Option(8, "--num-localize", min=1, help="scenes to draw overlays for"),
     cam_interval: float = typer.Option(0.001, "--cam-interval"),
-    threads: int = typer.Option(2, "--threads"),
+    threads: int = typer.Option(2, "--threads", min=1),
     skip_bench: bool = typer.Option(False, "--skip-bench", help="leave out the CPU benchmark"),
 ) -> None:
-    """Run the shipped scene model through export, verify, localize, evaluate and bench (~5 min, 2 cores)."""
+    """Run the shipped scene model through export, verify, localize, evaluate and bench (~2 min on 2 cores)."""
     from ..bench import run_benchmark
     from ..commands.evaluate import summary_markdown, summary_table
     from ..export.onnx_export import export_onnx
@@ -90,6 +90,13 @@ def demo(
     except ImportError as exc:
         raise BagcamsError(f"the demo model is not part of this installation ({exc})") from None
 
+    from ..outputs import output_dir
+
+    output_dir(out, "--out")
+    from ..evaluation.boxes import MIN_CAM_INTERVAL
+
+    if not MIN_CAM_INTERVAL <= cam_interval < 1:
+        raise BagcamsError(f"--cam-interval must be in [{MIN_CAM_INTERVAL}, 1), got {cam_interval}")
     console = Console(width=None if Console().is_terminal else 140)
     cpu = default_backend()  # ort-cpu here (ort-cuda with onnxruntime-gpu and a GPU)
     t_start = time.perf_counter()

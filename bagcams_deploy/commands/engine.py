@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ..errors import BagcamsError
+
 
 def register(app: typer.Typer) -> None:
     app.command("build-engine")(build_engine_cmd)
@@ -27,7 +29,14 @@ def build_engine_cmd(
     ),
 ) -> None:
     """Build a TensorRT engine with one optimization profile; precision is the graph's own (strongly typed)."""
+    from ..outputs import output_file
     from ..runtime.tensorrt_build import BatchProfile, build_engine
+
+    output_file(output, "--output")
+    if not 0 < workspace_gb < float("inf"):
+        raise BagcamsError(f"--workspace-gb must be a positive number, got {workspace_gb}")
+    if input_size is not None and input_size < 1:
+        raise BagcamsError(f"--input-size must be positive, got {input_size}")
 
     record = build_engine(
         model,

@@ -57,7 +57,7 @@ def evaluate(
         "torch-reference for checkpoints",
     ),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint (for --compare-reference)"),
-    method: str = typer.Option("bagcams", "--method", help="method when --model is a checkpoint"),
+    method: str = typer.Option(None, "--method", help="method when --model is a checkpoint (default bagcams)"),
     target_layer: str = typer.Option(None, "--target-layer", help="target layer when --model is a checkpoint"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     cam_interval: float = typer.Option(
@@ -71,20 +71,36 @@ def evaluate(
     save_maps: Path = typer.Option(None, "--save-maps", help="save each map as DIR/<image_id>.npy"),
     compare_reference: bool = typer.Option(False, "--compare-reference", help="also run the PyTorch reference"),
     limit: int = typer.Option(None, "--limit", min=1, help="only the first N images"),
-    threads: int = typer.Option(None, "--threads"),
+    threads: int = typer.Option(None, "--threads", min=1),
+    small_feature_map: bool = typer.Option(
+        False, "--small-feature-map", help="checkpoint trained without the large feature map (e.g. OpenImages)"
+    ),
     report: Path = typer.Option(None, "--report", help="JSON report (a Markdown table is written beside it)"),
     plot: Path = typer.Option(None, "--plot", help="folder for the accuracy-vs-threshold and PR curves (PNG)"),
 ) -> None:
     """Top-1 Loc, GT-known Loc, MaxBoxAccV2 (and pIoU/PxAP with masks), wsolevaluation's definitions."""
     from ..evaluation import load_metadata, plot_metrics
+    from ..evaluation.boxes import MIN_CAM_INTERVAL
     from ..evaluation.runner import Scorer, evaluate_backend, evaluate_maps, read_predictions
+    from ..outputs import output_dir, output_file
     from ..progress import progress_bar
-    from ..runtime.open import open_model
+    from ..runtime.open import PLAN_SUFFIXES, load_checkpoint_for, open_model, read_model_info
 
-    if not 0 < cam_interval < 1:
-        raise BagcamsError(f"--cam-interval must be in (0, 1), got {cam_interval}")
+    if not MIN_CAM_INTERVAL <= cam_interval < 1:
+        raise BagcamsError(f"--cam-interval must be in [{MIN_CAM_INTERVAL}, 1), got {cam_interval}")
+    output_file(report, "--report")
+    output_dir(save_maps, "--save-maps")
+    output_dir(plot, "--plot")
     if (model is None) == (maps is None):
         raise BagcamsError("give exactly one of --model or --maps")
+    model_only = {"--backend": backend, "--checkpoint": checkpoint, "--method": method, "--target-layer": target_layer,
+                  "--save-maps": save_maps, "--compare-reference": compare_reference or None,
+                  "--small-feature-map": small_feature_map or None}  # fmt: skip
+    given = [flag for flag, value in model_only.items() if value is not None]
+    if maps is not None and given:
+        raise BagcamsError(f"{', '.join(given)} apply to --model, not to precomputed --maps")
+    if model is not None and predictions is not None:
+        raise BagcamsError("--predictions is for --maps; with --model the model's own predictions are used")
     meta = load_metadata(metadata)
     mask_meta = load_metadata(mask_metadata) if mask_metadata else None
     if mask_meta is not None and mask_meta.kind != "masks":
@@ -98,15 +114,12 @@ def evaluate(
     with progress_bar(n, "evaluating") as advance:
         if maps is not None:
             preds = read_predictions(predictions) if predictions else None
-            results[str(maps)] = evaluate_maps(maps, scorer(), preds, on_image=advance)
+            results[str(maps)] = evaluate_maps(maps, scorer(), preds, on_image=advance, limit=limit)
         else:
             if data_root is None:
                 raise BagcamsError("--data-root is needed to read the images")
-            if model.suffix.lower() in (".pth", ".pt", ".tar") and target_layer:
-                from ..models import load_model
-
-                load_model(model).check_target_layer(target_layer)
-            b = open_model(model, backend, checkpoint, method, target_layer, threads)
+            lfm = False if small_feature_map else None
+            b = open_model(model, backend, checkpoint, method, target_layer, threads, large_feature_map=lfm)
             extra = []
             ref_scorer = None
             if compare_reference:
@@ -116,7 +129,11 @@ def evaluate(
                 from ..runtime.torch_backends import TorchReferenceBackend
 
                 spec = b.spec
-                ref = TorchReferenceBackend(load_model(checkpoint, spec.architecture), spec.method, spec.target_layer,
+                if model.suffix.lower() in (".onnx", *PLAN_SUFFIXES):
+                    ref_model = load_checkpoint_for(checkpoint, read_model_info(model))
+                else:
+                    ref_model = load_model(checkpoint, spec.architecture, large_feature_map=not small_feature_map)
+                ref = TorchReferenceBackend(ref_model, spec.method, spec.target_layer,
                                             input_size=spec.input_size, published_autograd=False)  # fmt: skip
                 ref_scorer = scorer()
                 extra = [(ref, ref_scorer)]
@@ -164,26 +181,35 @@ def localize(
     inputs: list[Path] = typer.Argument(..., metavar="IMAGE_OR_DIR...", help="image files or folders"),
     model: Path = typer.Option(..., "--model", help=".onnx, .plan or a checkpoint"),
     out: Path = typer.Option(..., "--out", help="output folder"),
-    threshold: float = typer.Option(0.5, "--threshold", help="box threshold on the [0,1] map"),
+    threshold: float = typer.Option(None, "--threshold", help="box threshold on the [0,1] map (default 0.5)"),
     auto: bool = typer.Option(False, "--auto", help="per-image threshold by Otsu's method instead of --threshold"),
     multi_contour: bool = typer.Option(False, "--multi-contour", help="a box per contour (default: the largest)"),
     backend: str = typer.Option(None, "--backend"),
-    method: str = typer.Option("bagcams", "--method", help="|".join(METHODS) + " (checkpoints only)"),
+    method: str = typer.Option(None, "--method", help="|".join(METHODS) + " (checkpoints only; default bagcams)"),
     target_layer: str = typer.Option(None, "--target-layer", help="(checkpoints only)"),
-    class_id: int = typer.Option(None, "--class-id", help="explain this class (default: the predicted one)"),
+    class_id: int = typer.Option(None, "--class-id", min=0, help="explain this class (default: the predicted one)"),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
-    threads: int = typer.Option(None, "--threads"),
+    threads: int = typer.Option(None, "--threads", min=1),
+    small_feature_map: bool = typer.Option(
+        False, "--small-feature-map", help="checkpoint trained without the large feature map (e.g. OpenImages)"
+    ),
 ) -> None:
     """Maps, boxes and pictures: per image an overlay PNG and the map (.npy); one boxes.json."""
     from ..localize import localize_images
+    from ..outputs import output_dir
     from ..preprocessing import expand_image_paths
     from ..progress import progress_bar
     from ..runtime.open import open_model
 
+    output_dir(out, "--out")
+    if auto and threshold is not None:
+        raise BagcamsError("--threshold and --auto exclude each other: give one")
+    threshold = 0.5 if threshold is None else threshold
     if not 0 <= threshold <= 1:
         raise BagcamsError(f"--threshold must be in [0, 1], got {threshold}")
     paths = expand_image_paths(inputs)
-    b = open_model(model, backend, None, method, target_layer, threads)
+    b = open_model(model, backend, None, method, target_layer, threads,
+                   large_feature_map=False if small_feature_map else None)  # fmt: skip
     with b, progress_bar(len(paths), "localizing") as advance:
         records = localize_images(
             b, paths, out, None if auto else threshold, multi_contour, class_id, batch_size, advance

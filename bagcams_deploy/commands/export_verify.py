@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BagcamsError
@@ -25,22 +26,26 @@ def export(
     target_layer: str = typer.Option(None, "--target-layer", help="default: layer3 (ResNet), SPG_A3_1b (Inception)"),
     arch: str = typer.Option(None, "--arch", help="architecture (inferred when omitted)"),
     num_classes: int = typer.Option(None, "--num-classes", help="classes (inferred when omitted)"),
-    input_size: int = typer.Option(224, "--input-size", help="H = W of the graph's input"),
+    input_size: int = typer.Option(224, "--input-size", min=1, max=4096, help="H = W of the graph's input"),
     no_cam: bool = typer.Option(False, "--no-cam", help="leave the in-graph map out (features/gradients only)"),
     opset: int = typer.Option(None, "--opset", help="ONNX opset, 17 or newer (default 18; bf16: 22)"),
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="leave H and W dynamic"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (mixed-precision graph)"),
     gradient_scale: float = typer.Option(None, "--gradient-scale", help="scale of the gradients output (fp16: auto)"),
+    small_feature_map: bool = typer.Option(
+        False, "--small-feature-map", help="checkpoint trained without the large feature map (e.g. OpenImages)"
+    ),
 ) -> None:
     """Export the analytic CAM graph: logits, features, exact gradients and the map, for every input."""
     from ..export.onnx_export import export_onnx
     from ..models import load_model
+    from ..outputs import output_file
 
     if method not in METHODS:
         raise BagcamsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    model = load_model(checkpoint, arch, num_classes)
-    if target_layer is not None and method != "cam":
-        model.check_target_layer(target_layer)
+    output_file(output, "--output")
+    model = load_model(checkpoint, arch, num_classes, large_feature_map=False if small_feature_map else None)
+    model.check_layer_for(method, target_layer)
     kwargs = {}
     if precision != "fp32":
         kwargs["precision"] = precision
@@ -71,37 +76,48 @@ def verify(
     ),
     exact: bool = typer.Option(False, "--exact", help="ONNX Runtime with graph optimisations off"),
     seed: int = typer.Option(None, "--seed", help="fix the random images (default: fresh each run)"),
-    threads: int = typer.Option(None, "--threads"),
+    threads: int = typer.Option(None, "--threads", min=1),
     report: Path = typer.Option(None, "--report", help="write the JSON report here"),
     pearson: float = typer.Option(None, "--min-pearson", help="per-image map Pearson bar"),
     iou50: float = typer.Option(None, "--min-iou", help="per-image IoU of 0.5-thresholded maps"),
     grad_rel: float = typer.Option(None, "--max-grad-rel", help="per-image gradient relative L2 bar"),
     pixels_off: float = typer.Option(None, "--max-pixels-off", help="share of map pixels allowed off by > 0.01"),
     bars: str = typer.Option(
-        None, "--bars", help="tolerance preset fp32 | tf32 | fp16 (default: the arithmetic the backend runs)"
+        None,
+        "--bars",
+        help="tolerance preset " + " | ".join(BAR_PRESETS) + " (default: the arithmetic the backend runs)",
     ),
 ) -> None:
     """Compare a deployment with the PyTorch reference; exit 1 when a tolerance is exceeded."""
-    from ..models import load_model
+    from ..outputs import output_file
     from ..preprocessing import expand_image_paths
     from ..runtime import create_backend
-    from ..runtime.open import PLAN_SUFFIXES, read_model_info
-    from ..runtime.registry import default_backend
+    from ..runtime.open import PLAN_SUFFIXES, load_checkpoint_for, read_model_info
+    from ..runtime.registry import GRAPH_BACKENDS, check_model_kind, default_backend
     from ..verify import Tolerances, check_checkpoint_matches, judged_precision, verify_backend
 
-    info = read_model_info(model_path)
-    model = load_model(checkpoint, info.architecture)
-    check_checkpoint_matches(info, model)
+    output_file(report, "--report")
     is_plan = str(model_path).lower().endswith(PLAN_SUFFIXES)
     name = backend or ("tensorrt" if is_plan else default_backend())
+    if name == "torch-reference":
+        raise BagcamsError("torch-reference is the reference itself; choose the backend under test (--backend)")
+    if name in GRAPH_BACKENDS:
+        check_model_kind(name, model_path)
+    info = read_model_info(model_path)
+    model = load_checkpoint_for(checkpoint, info)
+    check_checkpoint_matches(info, model)
     if bars is not None and bars not in BAR_PRESETS:
         raise BagcamsError(f"unknown --bars {bars!r}; valid: {', '.join(BAR_PRESETS)}")
     b = create_backend(name, graph=model_path, model=model, threads=threads, exact=exact)
     # a TF32 engine of a float32 graph is judged by TF32 bars, a half-precision graph by half-precision ones
     tol = Tolerances.for_precision(bars or judged_precision(b))
-    for name, value in (("map_pearson", pearson), ("map_iou50", iou50), ("gradient_rel_l2", grad_rel),
-                        ("map_pixels_off", pixels_off)):  # fmt: skip
+    for name, flag, value, (lo, hi) in (("map_pearson", "--min-pearson", pearson, (-1, 1)),
+                                        ("map_iou50", "--min-iou", iou50, (0, 1)),
+                                        ("gradient_rel_l2", "--max-grad-rel", grad_rel, (0, float("inf"))),
+                                        ("map_pixels_off", "--max-pixels-off", pixels_off, (0, 1))):  # fmt: skip
         if value is not None:
+            if not lo <= value <= hi or value != value or value == float("inf"):
+                raise BagcamsError(f"{flag} must be a number in [{lo}, {hi}], got {value}")
             setattr(tol, name, value)
     paths = expand_image_paths([images]) if images else None
     with b:
@@ -137,7 +153,7 @@ def _render(rep) -> None:
         iou = "/".join(f"{v:.3f}" for v in r.map_iou.values())
         grad = "-" if r.gradients_rel_l2 is None else f"{r.gradients_rel_l2:.1e}"
         t.add_row(
-            r.source[-28:], str(r.class_id), f"{r.score:.2f}", f"{r.map_pearson:.5f}", f"{r.map_max_abs:.4f}",
+            escape(r.source[-28:]), str(r.class_id), f"{r.score:.2f}", f"{r.map_pearson:.5f}", f"{r.map_max_abs:.4f}",
             f"{r.map_pixels_off:.2%}", iou, f"{r.box_iou:.3f}", grad, "ok" if not r.failures else "FAIL",
         )  # fmt: skip
     console.print(t)
@@ -148,5 +164,7 @@ def _render(rep) -> None:
         f"worst share of pixels off {max(r.map_pixels_off for r in rep.images):.3%}; "
         + ("PASS" if rep.passed else f"FAIL ({len(rep.failures)} problems)")
     )
+    if rep.map_source != "cam output":
+        console.print(f"note: maps from the {rep.map_source}")
     if rep.nonpositive_scores:
         console.print(f"note: target logit <= 0 on images {rep.nonpositive_scores}: log(s_c) undefined, sign flipped")

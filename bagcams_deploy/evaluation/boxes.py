@@ -21,14 +21,17 @@ RESIZE_LENGTH = 224
 
 #: How far outside [0, 1] a score may stray (float rounding of a normalised map) before it is an error.
 SCORE_TOLERANCE = 1e-4
+MIN_CAM_INTERVAL = 1e-5
 
 _EMPTY_BOX = np.zeros((1, 4), dtype=np.int64)
 
 
 def cam_thresholds(interval: float = 0.001) -> np.ndarray:
     """The CAM threshold grid ``np.arange(0, 1, interval)`` (float64), exactly as wsolevaluation."""
-    if not (0.0 < interval < 1.0):
-        raise BagcamsError(f"CAM threshold interval must lie in (0, 1), got {interval}")
+    if not (MIN_CAM_INTERVAL <= interval < 1.0):
+        # below 1e-5 the grid (1/interval thresholds) costs memory and time and adds nothing: a uint8
+        # map has 256 binarisations
+        raise BagcamsError(f"CAM threshold interval must lie in [{MIN_CAM_INTERVAL}, 1), got {interval}")
     return np.arange(0, 1, interval)
 
 

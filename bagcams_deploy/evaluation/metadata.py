@@ -67,7 +67,7 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
     if not path.is_file():
         raise BagcamsError(f"{path}: metadata file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first id
     except (OSError, UnicodeDecodeError) as exc:
         raise BagcamsError(f"{path}: cannot read metadata file ({exc})") from exc
     return [(n, line.rstrip("\r")) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
@@ -122,6 +122,8 @@ def load_metadata(metadata_dir: str | Path) -> WSOLMetadata:
     for n, line in _read_lines(labels_file):
         image_id, label = _fields(labels_file, n, line, 2, "<path>,<label>")
         class_labels[image_id] = _int(labels_file, n, label, "class label")
+        if class_labels[image_id] < 0:
+            raise BagcamsError(f"{labels_file}:{n}: class label must be >= 0, got {label}")
 
     sizes_file = root / "image_sizes.txt"
     image_sizes: dict[str, tuple[int, int]] = {}
@@ -226,9 +228,15 @@ def load_gt_mask(
 
 
 def load_image(data_root: str | Path, image_id: str) -> np.ndarray:
-    """The image ``data_root/image_id`` as an RGB uint8 array (H, W, 3)."""
+    """The image ``data_root/image_id`` as an RGB uint8 array (H, W, 3), decoded by PIL as the published
+    loader does (``Image.open(...).convert('RGB')``: no EXIF rotation, so boxes stay in its frame)."""
+    from PIL import Image
+
     path = Path(data_root) / image_id
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
-    if image is None:
+    if not path.is_file():
         raise BagcamsError(f"{path}: cannot read image ({_why_unreadable(path)})")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception:  # PIL raises several types (UnidentifiedImageError, OSError, DecompressionBombError)
+        raise BagcamsError(f"{path}: cannot read image ({_why_unreadable(path)})") from None

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import BagcamsError
 from ..preprocessing import preprocess
-from ..runtime.base import Backend
+from ..runtime.base import Backend, score_maps
 from .box_metrics import BoxEvaluator, BoxMetrics
 from .boxes import RESIZE_LENGTH
 from .mask_metrics import MaskEvaluator, MaskMetrics
@@ -57,11 +57,17 @@ class EvaluationResult:
         }
 
 
-def to_eval_size(score_map: np.ndarray) -> np.ndarray:
-    """Maps are scored at 224x224 (wsolevaluation); other graph sizes are resized bilinearly."""
-    m = np.asarray(score_map, dtype=np.float32)
-    if m.ndim == 3:
+def to_eval_size(score_map: np.ndarray, what: str = "score map") -> np.ndarray:
+    """Maps are scored at 224x224 (wsolevaluation); other graph sizes are resized bilinearly. A
+    float64 map stays float64, so its uint8 binarisation is the one the published code computes."""
+    m = np.asarray(score_map)
+    if m.dtype.kind not in "fiub":
+        raise BagcamsError(f"{what} holds {m.dtype} values, not real numbers")
+    if m.ndim == 3 and m.shape[0] == 1:
         m = m[0]
+    if m.ndim != 2 or min(m.shape) == 0:
+        raise BagcamsError(f"{what} has shape {m.shape}; expected (H, W) or (1, H, W) with H, W > 0")
+    m = m if m.dtype == np.float64 else m.astype(np.float32)
     if m.ndim == 2 and m.shape != (RESIZE_LENGTH, RESIZE_LENGTH):
         m = cv2.resize(m, (RESIZE_LENGTH, RESIZE_LENGTH), interpolation=cv2.INTER_LINEAR)
     return m  # bilinear resizing keeps [0, 1]; the evaluators validate the range
@@ -91,7 +97,12 @@ class Scorer:
         self.with_predictions = 0
 
     def add(self, image_id: str, score_map: np.ndarray, predicted: int | None) -> None:
-        m = to_eval_size(score_map)
+        m = to_eval_size(score_map, f"score map of {image_id}")
+        if not np.isfinite(m).all():
+            raise BagcamsError(f"score map of {image_id} contains NaN or infinite values")
+        lo, hi = float(m.min()), float(m.max())
+        if lo < 0 or hi > 1:
+            raise BagcamsError(f"score map of {image_id} must lie in [0, 1], got range [{lo:.6g}, {hi:.6g}]")
         label = self.meta.class_labels[image_id]
         correct = None if predicted is None else int(predicted) == int(label)
         if correct is not None:
@@ -167,12 +178,13 @@ def evaluate_backend(
         for b, sc in [(backend, scorer), *(extra_backends or [])]:
             out = b.infer(x, labels)
             preds = out["logits"].argmax(1)
+            maps = score_maps(b.spec, out, x.shape[2:])
             for k, image_id in enumerate(chunk):
-                sc.add(image_id, out["cam"][k], int(preds[k]))
+                sc.add(image_id, maps[k], int(preds[k]))
                 if out_dir is not None and b is backend:
                     path = out_dir / f"{image_id}.npy"
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(path, to_eval_size(out["cam"][k]))
+                    np.save(path, to_eval_size(maps[k]))
         if on_batch:
             on_batch(len(chunk))
     return scorer.result(time.perf_counter() - t0)
@@ -202,15 +214,17 @@ def evaluate_maps(
     scorer: Scorer,
     predictions: dict[str, int] | None = None,
     on_image: Callable[[int], None] | None = None,
+    limit: int | None = None,
 ) -> EvaluationResult:
-    """Score precomputed maps (any tool's) in wsolevaluation's ``DIR/<image_id>.npy`` layout."""
+    """Score precomputed maps (any tool's) in wsolevaluation's ``DIR/<image_id>.npy`` layout
+    (the first ``limit`` images of the split only, when given)."""
     import time
 
     maps_dir = Path(maps_dir)
     if not maps_dir.is_dir():
         raise BagcamsError(f"maps folder not found: {maps_dir}")
     t0 = time.perf_counter()
-    for image_id in scorer.meta.image_ids:
+    for image_id in scorer.meta.image_ids[:limit] if limit else scorer.meta.image_ids:
         path = map_path(maps_dir, image_id)
         try:
             m = np.load(path)

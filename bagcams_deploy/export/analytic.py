@@ -19,9 +19,12 @@ from ..errors import BagcamsError
 from ..methods.aggregation import GRADIENT_METHODS, cam_raw, gradient_map, upsample_normalize
 from ..models.wsol import WSOLModel
 from ..reference.cams import check_method
+from .contract import GRAPH_PRECISIONS
 from .rules import rule_for
 
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# the compute type of each precision a graph can record (contract.GRAPH_PRECISIONS, in order)
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+PRECISIONS: dict[str, torch.dtype] = dict(zip(GRAPH_PRECISIONS, _DTYPES, strict=True))
 OUTPUT_NAMES_GRADIENT = ("logits", "class_id_used", "features", "gradients", "cam")
 OUTPUT_NAMES_CAM = ("logits", "class_id_used", "features", "cam")
 
@@ -58,8 +61,8 @@ class AnalyticCAM(nn.Module):
             layer = model.spec.target_layers[-1]
         else:
             layer = model.check_target_layer(target_layer or model.spec.default_target_layer)
-        if not gradient_scale > 0:
-            raise BagcamsError(f"gradient_scale must be positive, got {gradient_scale}")
+        if not 0 < gradient_scale < float("inf"):
+            raise BagcamsError(f"gradient_scale must be a finite positive number, got {gradient_scale}")
         names = list(model.stage_names)
         cut = names.index(layer) + 1
         self.method, self.target_layer, self.with_cam = method, layer, with_cam

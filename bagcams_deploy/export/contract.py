@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BagcamsError
+from ..methods.names import METHODS
+
+GRAPH_PRECISIONS = ("fp32", "fp16", "bf16")
 
 INPUT_NAMES = ("image", "class_id")
 REQUIRED_OUTPUTS = ("logits", "class_id_used", "features")
@@ -35,6 +38,25 @@ class GraphInfo:
     precision: str
     outputs: tuple[str, ...]
     producer_version: str
+    large_feature_map: bool | None = None  # None: a graph exported before it was recorded
+
+    def __post_init__(self) -> None:
+        """Metadata is read from a file a user hands us: a value no export writes is an error here,
+        not a wrong map later."""
+        where = f"{self.path}: metadata"
+        if self.method not in METHODS:
+            raise BagcamsError(f"{where} 'method' is {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.num_classes < 1:
+            raise BagcamsError(f"{where} 'num_classes' must be >= 1, got {self.num_classes}")
+        if self.input_size is not None and min(self.input_size) < 1:
+            raise BagcamsError(f"{where} 'input_size' must be positive, got {self.input_size}")
+        if not 0 < self.gradient_scale < float("inf"):
+            raise BagcamsError(f"{where} 'gradient_scale' must be a finite positive number, got {self.gradient_scale}")
+        if self.precision not in GRAPH_PRECISIONS:
+            raise BagcamsError(f"{where} 'precision' is {self.precision!r}; valid: {', '.join(GRAPH_PRECISIONS)}")
+        finite = all(abs(v) < float("inf") for v in (*self.mean, *self.std))
+        if not finite or min(self.std) <= 0:
+            raise BagcamsError(f"{where} 'mean'/'std' must be finite with std > 0, got {self.mean} / {self.std}")
 
     @property
     def has_cam(self) -> bool:
@@ -57,6 +79,7 @@ def metadata_props(
     precision: str,
     producer_version: str,
     class_names: tuple[str, ...] | None = None,
+    large_feature_map: bool | None = None,
 ) -> dict[str, str]:
     props = {
         "method": method,
@@ -73,6 +96,8 @@ def metadata_props(
     }
     if class_names:
         props["class_names"] = json.dumps(list(class_names))
+    if large_feature_map is not None:
+        props["large_feature_map"] = "true" if large_feature_map else "false"
     return props
 
 
@@ -84,6 +109,22 @@ def _floats(text: str, key: str, path: str) -> tuple[float, float, float]:
     if len(vals) != 3:
         raise BagcamsError(f"{path}: metadata '{key}' must hold 3 numbers, got {text!r}")
     return vals  # type: ignore[return-value]
+
+
+def _number(kind: type, text: str, key: str, path: str):
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise BagcamsError(f"{path}: metadata '{key}' is not {what}: {text!r}") from None
+
+
+def _flag(text: str | None, key: str, path: str) -> bool | None:
+    if text is None:
+        return None
+    if text not in ("true", "false"):
+        raise BagcamsError(f"{path}: metadata '{key}' must be 'true' or 'false', got {text!r}")
+    return text == "true"
 
 
 def read_graph_info(path: str | Path) -> GraphInfo:
@@ -127,14 +168,15 @@ def read_graph_info(path: str | Path) -> GraphInfo:
         method=method,
         target_layer=props["target_layer"],
         architecture=props["architecture"],
-        num_classes=int(props["num_classes"]),
+        num_classes=_number(int, props["num_classes"], "num_classes", str(path)),
         input_size=input_size,
         mean=_floats(props["mean"], "mean", str(path)),
         std=_floats(props["std"], "std", str(path)),
-        gradient_scale=float(props.get("gradient_scale", "1.0")),
+        gradient_scale=_number(float, props.get("gradient_scale", "1.0"), "gradient_scale", str(path)),
         precision=props.get("precision", "fp32"),
         outputs=outputs,
         producer_version=props.get("producer_version", "unknown"),
+        large_feature_map=_flag(props.get("large_feature_map"), "large_feature_map", str(path)),
     )
 
 
@@ -144,5 +186,11 @@ def class_names_of(path: str | Path) -> tuple[str, ...] | None:
     model = onnx.load(str(path), load_external_data=False)
     for p in model.metadata_props:
         if p.key == "class_names":
-            return tuple(json.loads(p.value))
+            try:
+                names = json.loads(p.value)
+            except ValueError:
+                names = None
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise BagcamsError(f"{path}: metadata 'class_names' is not a JSON list of names: {p.value[:80]!r}")
+            return tuple(names)
     return None

@@ -36,6 +36,16 @@ class ExportResult:
     precision: str
 
 
+def max_opset() -> int:
+    """The newest opset the installed torch's exporter writes (its constant is private: fall back safely)."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return BF16_MIN_OPSET
+
+
 def _trace_to_onnx(
     module: torch.nn.Module,
     example: tuple,
@@ -109,8 +119,12 @@ def export_onnx(
 
     if opset is None:  # the default: 18, or the first opset whose convolutions take bfloat16
         opset = BF16_MIN_OPSET if precision == "bf16" else DEFAULT_OPSET
+    if method == "cam" and not with_cam:
+        raise BagcamsError("--no-cam with --method cam leaves neither a map nor gradients to make one from")
     if opset < MIN_OPSET:
         raise BagcamsError(f"opset {opset} is too old; use {MIN_OPSET} or newer")
+    if opset > max_opset():
+        raise BagcamsError(f"opset {opset} is newer than torch {torch.__version__} can export (at most {max_opset()})")
     if precision == "bf16" and opset < BF16_MIN_OPSET:
         raise BagcamsError(f"--precision bf16 needs --opset {BF16_MIN_OPSET} or newer (ONNX convolutions take "
                            f"bfloat16 from opset {BF16_MIN_OPSET}), got {opset}")  # fmt: skip
@@ -155,6 +169,7 @@ def export_onnx(
         precision=precision,
         producer_version=__version__,
         class_names=model.class_names,
+        large_feature_map=model.large_feature_map,
     )
     del proto.metadata_props[:]
     for k, v in props.items():

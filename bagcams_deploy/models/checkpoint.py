@@ -50,7 +50,14 @@ def _read(path: Path) -> object:
 
 
 def _strip_module(sd: Mapping[str, object]) -> dict[str, object]:
+    odd = [k for k in sd if not isinstance(k, str)]
+    if odd:
+        raise BagcamsError(f"state dict key {odd[0]!r} is not a tensor name (a {type(odd[0]).__name__})")
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def _shape(v: object) -> str:
+    return str(tuple(v.shape)) if isinstance(v, Tensor) else f"(a {type(v).__name__}, not a tensor)"
 
 
 def split_state_dicts(obj: object, path: Path | str = "checkpoint") -> tuple[dict, dict, dict]:
@@ -112,7 +119,7 @@ def load_state_strict(module: torch.nn.Module, sd: Mapping[str, object], what: s
     missing = sorted(set(expected) - set(sd))
     extra = sorted(set(sd) - set(expected))
     bad_shape = [
-        f"{k} {tuple(sd[k].shape)} != expected {tuple(expected[k].shape)}"
+        f"{k} {_shape(sd[k])} != expected {tuple(expected[k].shape)}"
         for k in sorted(set(expected) & set(sd))
         if not isinstance(sd[k], Tensor) or tuple(sd[k].shape) != tuple(expected[k].shape)
     ]
@@ -128,7 +135,20 @@ def load_state_strict(module: torch.nn.Module, sd: Mapping[str, object], what: s
     for k, v in sd.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise BagcamsError(f"{what}: tensor {k} contains NaN or Inf")
+        if k.endswith("running_var") and (v < 0).any():
+            raise BagcamsError(f"{what}: tensor {k} has negative entries (a BatchNorm variance is >= 0)")
     module.load_state_dict({k: v for k, v in sd.items()}, strict=True)
+
+
+def _checked_meta(meta: Mapping | None, source: str) -> dict:
+    """The optional ``bagcams_meta`` entry, with each known field of the type it must have."""
+    meta = dict(meta or {})
+    kinds = {"architecture": str, "large_feature_map": bool, "class_names": (list, tuple)}
+    for key, kind in kinds.items():
+        if key in meta and meta[key] is not None and not isinstance(meta[key], kind):
+            name = kind.__name__ if isinstance(kind, type) else "list"
+            raise BagcamsError(f"{source}: {META_KEY}[{key!r}] must be a {name}, got {meta[key]!r}"[:300])
+    return meta
 
 
 def model_from_state_dicts(
@@ -140,7 +160,7 @@ def model_from_state_dicts(
     large_feature_map: bool | None = None,
     source: str = "checkpoint",
 ) -> WSOLModel:
-    meta = dict(meta or {})
+    meta = _checked_meta(meta, source)
     arch = architecture or meta.get("architecture") or infer_architecture(extractor_sd)
     if arch not in ARCHITECTURES:
         raise BagcamsError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")

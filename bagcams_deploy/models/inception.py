@@ -129,10 +129,8 @@ class InceptionTrunk(nn.Module):
         self.Mixed_5c = InceptionA(256, pool_features=64)
         self.Mixed_5d = InceptionA(288, pool_features=64)
         self.pool3 = nn.Identity() if large_feature_map else nn.MaxPool2d(3, stride=2, ceil_mode=True)
-        if large_feature_map:
-            self.Mixed_6a = InceptionB(288, kernel_size=3, stride=1, padding=1)
-        else:
-            self.Mixed_6a = InceptionB(288, kernel_size=3, stride=2, padding=1)
+        # stride 1 in both settings: without the large map the max-pool above does the one downsampling
+        self.Mixed_6a = InceptionB(288, kernel_size=3, stride=1, padding=1)
         self.Mixed_6b = InceptionC(768, channels_7x7=128)
         self.Mixed_6c = InceptionC(768, channels_7x7=160)
         self.Mixed_6d = InceptionC(768, channels_7x7=160)

@@ -134,6 +134,19 @@ class WSOLModel(nn.Module):
             )
         return name
 
+    def check_layer_for(self, method: str, target_layer: str | None) -> None:
+        """A user's explicit ``--target-layer`` for ``method``: CAM can only use the classifier's input,
+        so naming another layer for it is an error, not something to ignore silently."""
+        if target_layer is None:
+            return
+        self.check_target_layer(target_layer)
+        last = self.spec.target_layers[-1]
+        if method == "cam" and target_layer != last:
+            raise BagcamsError(
+                f"method cam maps the classifier's input ({last}); --target-layer {target_layer} applies to the "
+                "gradient methods only"
+            )
+
     def features_and_logits(self, image: Tensor, target_layer: str) -> tuple[Tensor, Tensor]:
         """Run the network once, returning the target layer's output and the logits."""
         self.check_target_layer(target_layer)

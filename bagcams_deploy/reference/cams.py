@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_finite_outputs
 from ..errors import BagcamsError
 from ..methods.aggregation import GRADIENT_METHODS, METHODS, cam_raw, gradient_map, upsample_normalize
 from ..models.wsol import WSOLModel
@@ -149,6 +150,7 @@ def compute_cams(
             fc = model.classifier.fc
             raw = cam_raw(features, fc.weight[:, :, 0, 0][ids], fc.bias[ids])
             maps = upsample_normalize(raw, size, "cam")
+        check_finite_outputs("torch-reference", {"logits": logits, "features": features})
         return CAMResult(method, layer, logits, ids, features, None, maps)
 
     layer = model.check_target_layer(target_layer or model.spec.default_target_layer)
@@ -179,6 +181,7 @@ def compute_cams(
             p.requires_grad_(flag)
     features = features.detach()
     gradients = gradients.detach()
+    check_finite_outputs("torch-reference", {"logits": logits, "features": features, "gradients": gradients})
     with torch.no_grad():
         maps = gradient_map(method, features, gradients, size)
     return CAMResult(method, layer, logits.detach(), ids, features, gradients, maps)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import check_finite_outputs
 from ..errors import BagcamsError
 
 
@@ -76,7 +77,9 @@ class Backend(ABC):
         """Validate inputs, run, return ``{output name: array}`` (the ONNX contract's names)."""
         self.activate()
         images, ids = self.check_inputs(images, class_ids)
-        return self.infer_impl(images, ids)
+        outputs = self.infer_impl(images, ids)
+        check_finite_outputs(self.name, outputs)
+        return outputs
 
     @abstractmethod
     def infer_impl(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -124,6 +127,26 @@ class Timer:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = time.perf_counter() - self.start
+
+
+def score_maps(spec: BackendSpec, outputs: dict[str, np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """The normalised ``[N,1,H,W]`` maps of one ``infer`` result.
+
+    The graph's own ``cam`` output when it has one; for a graph exported with ``--no-cam`` (meant for
+    the TensorRT kernel) the map is made on the host from ``features`` and ``gradients`` with the one
+    aggregation formula, so every consumer of maps also works on such graphs.
+    """
+    if "cam" in outputs:
+        return outputs["cam"]
+    if "features" not in outputs or "gradients" not in outputs:
+        raise BagcamsError(f"the {spec.method} graph has no cam output and no gradients to make one from")
+    import torch
+
+    from ..methods.aggregation import gradient_map
+
+    maps = gradient_map(spec.method, torch.from_numpy(outputs["features"]), torch.from_numpy(outputs["gradients"]),
+                        size, spec.gradient_scale)  # fmt: skip
+    return maps.float().numpy()
 
 
 def file_sha256(path: str | Path) -> str:

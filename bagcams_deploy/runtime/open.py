@@ -7,10 +7,9 @@ from pathlib import Path
 from ..errors import BagcamsError
 from ..export.contract import GraphInfo, read_graph_info
 from .base import Backend
-from .registry import create_backend, default_backend
+from .registry import PLAN_SUFFIXES, create_backend, default_backend
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
-PLAN_SUFFIXES = (".plan", ".engine")
 
 
 def read_model_info(path: str | Path) -> GraphInfo:
@@ -22,36 +21,78 @@ def read_model_info(path: str | Path) -> GraphInfo:
     return read_graph_info(path)
 
 
+def load_checkpoint_for(checkpoint: str | Path, info: GraphInfo):
+    """The checkpoint a deployed model came from, built as the export recorded it (architecture and
+    feature-map size, which DA-WSOL checkpoints do not carry), and checked to have its classes."""
+    from ..models import load_model
+
+    model = load_model(checkpoint, info.architecture, large_feature_map=info.large_feature_map)
+    if model.num_classes != info.num_classes:
+        raise BagcamsError(
+            f"checkpoint {checkpoint} does not match {info.path}: it has {model.num_classes} classes, the model "
+            f"{info.num_classes} classes (not the checkpoint it was exported from)"
+        )
+    return model
+
+
 def open_model(
     model: str | Path,
     backend: str | None = None,
     checkpoint: str | Path | None = None,
-    method: str = "bagcams",
+    method: str | None = None,
     target_layer: str | None = None,
     threads: int | None = None,
     exact: bool = False,
     device: str = "cpu",
+    large_feature_map: bool | None = None,
 ) -> Backend:
     """``.onnx`` -> a graph backend (default: :func:`default_backend`); ``.plan`` -> TensorRT; a
-    checkpoint -> the PyTorch reference (or ``torch-analytic``) for ``method`` at ``target_layer``."""
+    checkpoint -> the PyTorch reference (or ``torch-analytic``) for ``method`` (default bagcams) at
+    ``target_layer``. A graph or plan computes one method at one layer, fixed at export: asking it for
+    another is an error rather than a map of something else."""
     from ..models import load_model
 
     path = Path(model)
     if not path.exists():
         raise BagcamsError(f"model not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        name = backend or default_backend()
-        torch_model = load_model(checkpoint) if name.startswith("torch") and checkpoint else None
-        return create_backend(name, graph=path, model=torch_model, threads=threads, exact=exact, device=device)
-    if suffix in (".plan", ".engine"):
-        return create_backend(backend or "tensorrt", graph=path, threads=threads)
+    if suffix in (".onnx", *PLAN_SUFFIXES):
+        if suffix == ".onnx":
+            name = backend or default_backend()
+            use_torch = name.startswith("torch") and checkpoint
+            torch_model = load_checkpoint_for(checkpoint, read_model_info(path)) if use_torch else None
+            b = create_backend(name, graph=path, model=torch_model, threads=threads, exact=exact, device=device)
+        else:
+            b = create_backend(backend or "tensorrt", graph=path, threads=threads)
+        check_graph_computes(b, method, target_layer, path)
+        recorded = read_model_info(path).large_feature_map
+        if large_feature_map is not None and recorded is not None and recorded != large_feature_map:
+            size = "large" if recorded else "small"
+            raise BagcamsError(f"{path} was exported from a {size}-feature-map model; the option contradicts it")
+        return b
     if suffix in CHECKPOINT_SUFFIXES or path.name.endswith(".pth.tar"):
         name = backend or "torch-reference"
         if not name.startswith("torch"):
             raise BagcamsError(f"backend {name} runs an exported model; export {path} first (bagcams-deploy export)")
-        return create_backend(name, model=load_model(path), method=method, target_layer=target_layer,
-                              threads=threads, device=device)  # fmt: skip
+        method = method or "bagcams"
+        net = load_model(path, large_feature_map=large_feature_map)
+        net.check_layer_for(method, target_layer)
+        return create_backend(name, model=net, method=method, target_layer=target_layer, threads=threads,
+                              device=device)  # fmt: skip
     raise BagcamsError(
         f"cannot tell what {path} is: expected .onnx, .plan or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
     )
+
+
+def check_graph_computes(backend: Backend, method: str | None, target_layer: str | None, path: Path) -> None:
+    """Refuse a ``--method``/``--target-layer`` that the exported graph does not compute."""
+    spec = backend.spec
+    if method is not None and method != spec.method:
+        raise BagcamsError(
+            f"{path} computes {spec.method}, not {method}: export a {method} graph, or pass the checkpoint"
+        )
+    if target_layer is not None and target_layer != spec.target_layer:
+        raise BagcamsError(
+            f"{path} maps {spec.target_layer}, not {target_layer}: export at --target-layer {target_layer}, "
+            "or pass the checkpoint"
+        )

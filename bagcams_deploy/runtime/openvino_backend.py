@@ -59,7 +59,7 @@ class OpenVINOBackend(Backend):
             model = core.read_model(self.path)
             self.compiled = core.compile_model(model, "CPU", compile_config(self.threads))
         except Exception as exc:
-            raise BagcamsError(f"OpenVINO cannot load {self.path}: {str(exc).splitlines()[0][:200]}") from None
+            raise BagcamsError(f"OpenVINO cannot load {self.path}: {_reason(exc)}") from None
         self.request = self.compiled.create_infer_request()
         # a port may carry several tensor names; report it under the contract's one
         self.output_names = [_contract_name(o.get_names(), self.info.outputs) for o in self.compiled.outputs]
@@ -73,7 +73,14 @@ class OpenVINOBackend(Backend):
             with Timer() as t:
                 self.request.infer({"image": images, "class_id": class_ids})
         except Exception as exc:
-            raise BagcamsError(f"{self.name} failed on {self.path}: {str(exc).splitlines()[0][:200]}") from None
+            raise BagcamsError(f"{self.name} failed on {self.path}: {_reason(exc)}") from None
         self.last_inference_time = t.seconds
         # copy: the request's output buffers are reused by the next call
         return {n: np.array(self.request.get_tensor(n).data, copy=True) for n in self.output_names}
+
+
+def _reason(exc: Exception) -> str:
+    """OpenVINO's messages open with a source location ("Exception from src/...cpp:117:"): keep the reason."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [type(exc).__name__])[-1][:200]

@@ -30,10 +30,25 @@ MODEL_BACKENDS: dict[str, str] = {
     "torch-analytic-cudagraph": "the analytic graph on CUDA, captured once as a CUDA graph",
 }
 ALL_BACKENDS = tuple(MODEL_BACKENDS) + tuple(GRAPH_BACKENDS)
+PLAN_SUFFIXES = (".plan", ".engine")  # TensorRT plans; everything else a graph backend opens is ONNX
+
+
+def check_model_kind(name: str, path: str | Path) -> None:
+    """TensorRT backends run plans, the others ONNX graphs: say so before anything else fails."""
+    path = str(path)
+    is_plan = path.lower().endswith(PLAN_SUFFIXES)
+    if name.startswith("tensorrt") and not is_plan:
+        raise BagcamsError(
+            f"backend {name} runs a TensorRT plan, not {path}: build one with "
+            f"bagcams-deploy build-engine {path} --output model.plan"
+        )
+    if is_plan and not name.startswith("tensorrt"):
+        raise BagcamsError(f"{path} is a TensorRT plan: backend {name} runs the .onnx graph; use a tensorrt backend")
 
 
 def _graph_backend(name: str, path: str, threads: int | None, exact: bool) -> Backend:
     module_name, cls_name, _ = GRAPH_BACKENDS[name]
+    check_model_kind(name, path)
     try:
         module = importlib.import_module(f"{__package__}.{module_name}")
     except ImportError as exc:
@@ -131,8 +146,8 @@ def available_backends(graph: str | Path | None = None) -> list[str]:
 def parse_backends(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise BagcamsError("no backend named")
+        raise BagcamsError(f"no backend named in {text!r}; valid: {', '.join(ALL_BACKENDS)}")
     for n in names:
         if n not in ALL_BACKENDS:
             raise BagcamsError(f"unknown backend {n!r}; valid: {', '.join(ALL_BACKENDS)}")
-    return names
+    return list(dict.fromkeys(names))  # each backend once, in the order given

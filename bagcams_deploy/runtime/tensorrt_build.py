@@ -31,7 +31,7 @@ SIDECAR_FORMAT = "bagcams-deploy-plan-v1"
 _TRT_HINT = "pip install 'tensorrt>=10.1' (TensorRT 10.1 or later, 11 included) on a machine with an NVIDIA GPU"
 _PYCUDA_HINT = "pip install pycuda on a machine with an NVIDIA GPU"
 # 10.1 added ICudaEngine.device_memory_size_v2, which TensorRT 11 keeps and the older
-# device_memory_size does not survive into (tools/check_tensorrt_api.py checks our calls per release).
+# device_memory_size does not survive into (tools/check_gpu_apis.py checks our calls per release).
 MIN_TENSORRT = (10, 1)
 
 
@@ -71,14 +71,17 @@ def check_plan_compatible(sidecar: dict, system: SystemInfo, plan: str | Path = 
     """Refuse a plan built for another TensorRT version or GPU, naming both sides and the fix."""
     if sidecar.get("format") != SIDECAR_FORMAT:
         raise BagcamsError(f"{sidecar_path(plan)}: not a bagcams-deploy plan record (format {sidecar.get('format')!r})")
-    built = sidecar.get("built_with", {})
+    built = sidecar.get("built_with")
     rebuild = f"rebuild it here: bagcams-deploy build-engine MODEL.onnx --output {plan}"
+    if not isinstance(built, dict):
+        raise BagcamsError(f"{sidecar_path(plan)}: no 'built_with' record of the TensorRT and GPU; {rebuild}")
     if built.get("tensorrt_version") != system.tensorrt_version:
         raise BagcamsError(
             f"{plan} was built with TensorRT {built.get('tensorrt_version')} but this is TensorRT "
             f"{system.tensorrt_version}; plans only load on the version that built them; {rebuild}"
         )
-    cc = tuple(built.get("compute_capability", ()))
+    raw_cc = built.get("compute_capability")
+    cc = tuple(raw_cc) if isinstance(raw_cc, list | tuple) else ()
     if built.get("device_name") != system.device_name or cc != tuple(system.compute_capability):
         raise BagcamsError(
             f"{plan} was built for {built.get('device_name')} (sm_{''.join(map(str, cc))}) but this GPU is "
@@ -88,8 +91,9 @@ def check_plan_compatible(sidecar: dict, system: SystemInfo, plan: str | Path = 
 
 def graph_info_of_plan(plan: str | Path, record: dict | None = None) -> GraphInfo:
     """The export metadata a plan was built from (its sidecar's copy), as for an ONNX graph."""
-    g = (record if record is not None else read_sidecar(plan))["graph"]
+    record = record if record is not None else read_sidecar(plan)
     try:
+        g = record["graph"]
         return GraphInfo(
             path=str(plan),
             method=g["method"],
@@ -103,6 +107,7 @@ def graph_info_of_plan(plan: str | Path, record: dict | None = None) -> GraphInf
             precision=str(g["precision"]),
             outputs=tuple(g["outputs"]),
             producer_version=str(g.get("producer_version", "")),
+            large_feature_map=g.get("large_feature_map"),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise BagcamsError(f"{sidecar_path(plan)}: incomplete export metadata ({exc})") from None

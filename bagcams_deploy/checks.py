@@ -1,0 +1,25 @@
+"""Checks on what a model computed, shared by the reference and every backend (numpy only: graph
+backends run without torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import BagcamsError
+
+FLOAT_OUTPUTS = ("logits", "features", "gradients", "cam")
+
+
+def check_finite_outputs(name: str, outputs: dict) -> None:
+    """NaN or Inf in a model's outputs is an error naming the images, never a NaN score or a zero map."""
+    for key in FLOAT_OUTPUTS:
+        v = outputs.get(key)
+        if v is None:
+            continue
+        v = v.detach().float().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)  # torch bf16 too
+        if v.dtype.kind == "f" and not np.isfinite(v).all():
+            bad = np.nonzero(~np.isfinite(v.reshape(len(v), -1)).all(axis=1))[0].tolist()
+            raise BagcamsError(
+                f"{name}: {key} is NaN or infinite for image(s) {bad[:8]} of the batch: the model's weights "
+                "are invalid or overflow float range on these inputs"
+            )

@@ -1,0 +1,55 @@
+"""Where results go: output paths are checked before a run, so a long verify or benchmark never fails
+at its last step on a path that could not have worked."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import BagcamsError
+
+
+def _check_ancestor(path: Path, what: str) -> None:
+    """The nearest existing ancestor must be a writable folder (the rest is created)."""
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BagcamsError(f"{what} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise BagcamsError(f"{what} {path}: cannot write in {parent}")
+            return
+
+
+def output_file(path: Path | None, what: str) -> Path | None:
+    """A file the command will write (``None`` passes through): not a folder, under a writable folder."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise BagcamsError(f"{what} {path} is a folder; give a file name")
+    _check_ancestor(path, what)
+    return path
+
+
+def output_dir(path: Path | None, what: str) -> Path | None:
+    """A folder the command will write into (created if missing): not an existing file."""
+    if path is None:
+        return None
+    if path.exists() and not path.is_dir():
+        raise BagcamsError(f"{what} {path} is a file, not a folder")
+    if not path.exists():
+        _check_ancestor(path, what)
+    elif not os.access(path, os.W_OK | os.X_OK):
+        raise BagcamsError(f"{what} {path}: cannot write in it")
+    return path
+
+
+def check_distinct_stems(paths: list[Path]) -> None:
+    """Per-image outputs are named by the image's stem: two inputs with one stem would overwrite."""
+    seen: dict[str, Path] = {}
+    for p in paths:
+        other = seen.setdefault(p.stem, p)
+        if other is not p:
+            raise BagcamsError(
+                f"{other} and {p} would both write {p.stem}.npy and {p.stem}_overlay.png: "
+                "rename one, or run them into different --out folders"
+            )

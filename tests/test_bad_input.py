@@ -1,0 +1,291 @@
+"""What a user can get wrong, found by an adversarial pass over the CLI: each is one line on stderr and a
+non-zero exit, before any long run, and never a NaN, a silently overwritten file or a wrong map."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from bagcams_deploy.errors import BagcamsError
+from bagcams_deploy.export.contract import read_graph_info
+from bagcams_deploy.models import build_model, load_model, save_checkpoint
+from bagcams_deploy.models.checkpoint import EXTRACTOR_KEY, META_KEY
+from bagcams_deploy.scenes import write_dataset
+
+from .test_cli import assert_one_line_error, write_image
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    model = build_model("resnet18", 7, seed=5, randomize_batchnorm=True)
+    ckpt = save_checkpoint(model, root / "m.pth")
+    graph = root / "m.onnx"
+    from .conftest import run_cli
+
+    assert run_cli("export", ckpt, "-o", graph, "--input-size", "64").code == 0
+    imgs = root / "imgs"
+    imgs.mkdir()
+    write_image(imgs / "a.png", seed=1)
+    return {"root": root, "ckpt": ckpt, "graph": graph, "imgs": imgs}
+
+
+def _edited_checkpoint(path, out, edit):
+    obj = torch.load(path, weights_only=True)
+    edit(obj)
+    torch.save(obj, out)
+    return out
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+def test_invalid_weights_are_refused_or_reported_never_a_nan_score(cli, base, tmp_path):
+    def neg_var(obj):
+        obj[EXTRACTOR_KEY]["bn1.running_var"][:] = -1.0
+
+    bad = _edited_checkpoint(base["ckpt"], tmp_path / "neg.pth", neg_var)
+    assert_one_line_error(cli("cam", bad, base["imgs"], "--out", tmp_path / "o", "--input-size", "64"),
+                          "bn1.running_var has negative entries")  # fmt: skip
+
+    def overflow(obj):
+        obj[EXTRACTOR_KEY]["conv1.weight"] *= 1e37
+
+    huge = _edited_checkpoint(base["ckpt"], tmp_path / "huge.pth", overflow)
+    out = tmp_path / "loc"
+    for r in (cli("cam", huge, base["imgs"], "--out", out, "--input-size", "64"),
+              cli("localize", base["imgs"], "--model", huge, "--out", out)):  # fmt: skip
+        assert_one_line_error(r, "NaN or infinite for image(s) [0]")
+    assert not (out / "boxes.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [(lambda o: o[EXTRACTOR_KEY].__setitem__(1, torch.zeros(1)), "key 1 is not a tensor name"),
+     (lambda o: o[EXTRACTOR_KEY].__setitem__("conv1.weight", 1), "conv1.weight (a int, not a tensor)"),
+     (lambda o: o.__setitem__(META_KEY, {"architecture": ["resnet18"]}), "['architecture'] must be a str"),
+     (lambda o: o.__setitem__(META_KEY, {"large_feature_map": "false"}), "['large_feature_map'] must be a bool")],
+)  # fmt: skip
+def test_malformed_checkpoint_contents(base, tmp_path, edit, message):
+    path = _edited_checkpoint(base["ckpt"], tmp_path / "x.pth", edit)
+    with pytest.raises(BagcamsError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        load_model(path)
+
+
+# --- options ---------------------------------------------------------------------------------------
+def test_option_values_are_checked_before_work(cli, base, tmp_path):
+    ckpt, graph, imgs = base["ckpt"], base["graph"], base["imgs"]
+    assert_one_line_error(cli("export", ckpt, "-o", tmp_path / "g.onnx", "--gradient-scale", "inf"),
+                          "finite positive number")  # fmt: skip
+    r = cli("export", ckpt, "-o", tmp_path / "g.onnx", "--opset", "99")
+    assert_one_line_error(r, "opset 99 is newer than torch")
+    assert "Torch IR" not in r.err
+    for args in (("cam", ckpt, imgs, "--out", tmp_path / "o", "--input-size", "0"),
+                 ("cam", ckpt, imgs, "--out", tmp_path / "o", "--class-id", "-5"),
+                 ("localize", imgs, "--model", graph, "--out", tmp_path / "o", "--threads", "-1")):  # fmt: skip
+        r = cli(*args)
+        assert r.code == 2 and "Traceback" not in r.out + r.err, r.err
+    for flag in ("--min-pearson", "--min-iou", "--max-pixels-off", "--max-grad-rel"):
+        assert_one_line_error(cli("verify", graph, "--checkpoint", ckpt, flag, "nan"), f"{flag} must be a number")
+    assert_one_line_error(cli("verify", graph, "--checkpoint", ckpt, "--min-iou", "1.5"), "--min-iou must be")
+
+
+def test_output_paths_are_checked_before_the_run(cli, base, tmp_path):
+    ckpt, graph, imgs = base["ckpt"], base["graph"], base["imgs"]
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    cases = [
+        (("cam", ckpt, imgs, "--out", a_file), "is a file, not a folder"),
+        (("localize", imgs, "--model", graph, "--out", a_file / "sub"), "is a file, not a folder"),
+        (("export", ckpt, "-o", tmp_path), "is a folder; give a file name"),
+        (("verify", graph, "--checkpoint", ckpt, "--report", a_file / "r.json"), "is a file, not a folder"),
+        (("bench", graph, "--checkpoint", ckpt, "--json", tmp_path), "is a folder; give a file name"),
+        (("demo", "--out", a_file), "is a file, not a folder"),
+    ]
+    for args, message in cases:
+        r = cli(*args)
+        assert_one_line_error(r, message)
+        assert "p50" not in r.out and "PASS" not in r.out  # refused before any work
+
+
+def test_images_sharing_a_stem_would_overwrite_each_other(cli, base, tmp_path):
+    folder = tmp_path / "dup"
+    folder.mkdir()
+    write_image(folder / "x.png", seed=2)
+    write_image(folder / "x.jpg", seed=3)
+    assert_one_line_error(cli("cam", base["ckpt"], folder, "--out", tmp_path / "o", "--input-size", "64"),
+                          "would both write x.npy")  # fmt: skip
+    assert_one_line_error(cli("localize", folder, "--model", base["graph"], "--out", tmp_path / "o"), "x.npy")
+    # the same file named twice is one input, not a clash
+    r = cli("localize", folder / "x.png", folder / "x.png", "--model", base["graph"], "--out", tmp_path / "l")
+    assert r.code == 0, r.err
+    assert len(json.loads((tmp_path / "l" / "boxes.json").read_text())["images"]) == 1
+
+
+def test_images_past_the_decompression_bomb_limit(cli, base, tmp_path, monkeypatch):
+    big = write_image(tmp_path / "big.png", size=(300, 200))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # 60,000 pixels is > 2x: PIL refuses
+    assert_one_line_error(cli("localize", big, "--model", base["graph"], "--out", tmp_path / "o"),
+                          "too large to decode safely")  # fmt: skip
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)  # between 1x and 2x: PIL only warns; we stay quiet
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = cli("localize", big, "--model", base["graph"], "--out", tmp_path / "o")
+    assert r.code == 0 and r.err.strip() == "", r.err
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+# --- graph metadata --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("num_classes", "x", "'num_classes' is not an integer"), ("num_classes", "0", "'num_classes' must be >= 1"),
+     ("gradient_scale", "abc", "'gradient_scale' is not a number"),
+     ("gradient_scale", "nan", "'gradient_scale' must be a finite positive"), ("input_size", "0x0", "positive"),
+     ("method", "foo", "'method' is 'foo'"), ("precision", "fp8", "'precision' is 'fp8'"),
+     ("std", "0,0,0", "std > 0"), ("large_feature_map", "yes", "'true' or 'false'")],
+)  # fmt: skip
+def test_graph_metadata_values_no_export_writes(cli, base, tmp_path, key, value, message):
+    proto = onnx.load(str(base["graph"]))
+    props = {p.key: p.value for p in proto.metadata_props}
+    props[key] = value
+    del proto.metadata_props[:]
+    for k, v in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    path = tmp_path / "edited.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(BagcamsError, match=message):
+        read_graph_info(path)
+    assert_one_line_error(cli("localize", base["imgs"], "--model", path, "--out", tmp_path / "o"), message)
+
+
+def test_class_names_metadata_must_be_a_json_list(cli, base, tmp_path):
+    proto = onnx.load(str(base["graph"]))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "class_names", "[not json"
+    path = tmp_path / "names.onnx"
+    onnx.save(proto, str(path))
+    assert_one_line_error(cli("localize", base["imgs"], "--model", path, "--out", tmp_path / "o"),
+                          "'class_names' is not a JSON list")  # fmt: skip
+
+
+# --- the small feature map (OpenImages' setting) ----------------------------------------------------
+def test_small_feature_map_is_recorded_in_the_graph_and_followed_by_verify(cli, base, tmp_path):
+    graph = tmp_path / "small.onnx"
+    r = cli("export", base["ckpt"], "-o", graph, "--input-size", "64", "--small-feature-map")
+    assert r.code == 0, r.err
+    info = read_graph_info(graph)
+    assert info.large_feature_map is False
+    assert read_graph_info(base["graph"]).large_feature_map is True
+    # layer3 of the small map is half the size of the large one
+    sizes = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in onnx.load(str(graph)).graph.output}
+    big = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim]
+           for o in onnx.load(str(base["graph"])).graph.output}  # fmt: skip
+    assert sizes["features"][2] * 2 == big["features"][2]
+    # verify builds the reference from the same checkpoint as the graph says: it passes without a flag
+    r = cli("verify", graph, "--checkpoint", base["ckpt"], "--num-random", "2", "--exact")
+    assert r.code == 0, r.out + r.err
+    r = cli("localize", base["imgs"], "--model", graph, "--out", tmp_path / "o")
+    assert r.code == 0, r.err
+    assert_one_line_error(cli("localize", base["imgs"], "--model", base["graph"], "--out", tmp_path / "o",
+                              "--small-feature-map"), "large-feature-map model")  # fmt: skip
+
+
+# --- evaluation inputs ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    return write_dataset(root / "scenes", {"train": 0, "val": 0, "test": 3}, seed=7, size=96)
+
+
+def _eval(data, *extra):
+    return ["evaluate", "--metadata", data / "metadata" / "test", "--data-root", data / "images",
+            "--cam-interval", "0.01", *extra]  # fmt: skip
+
+
+def test_evaluate_refuses_odd_maps_and_labels(cli, dataset, base, tmp_path):
+    ids = (dataset / "metadata" / "test" / "image_ids.txt").read_text().split()
+    for name, arr, message in [("three", np.zeros((3, 224, 224), np.float32), "expected (H, W) or (1, H, W)"),
+                               ("empty", np.zeros((0, 5), np.float32), "expected (H, W) or (1, H, W)"),
+                               ("text", np.array([["a"]]), "not real numbers")]:  # fmt: skip
+        maps = tmp_path / name
+        for i in ids:
+            (maps / i).parent.mkdir(parents=True, exist_ok=True)
+            np.save(maps / f"{i}.npy", arr)
+        assert_one_line_error(cli(*_eval(dataset, "--maps", maps)), f"score map of {ids[0]}", message)
+
+    # a negative label is not "the predicted class"
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    for f in (dataset / "metadata" / "test").iterdir():
+        (meta / f.name).write_text(f.read_text())
+    labels = (meta / "class_labels.txt").read_text().splitlines()
+    labels[0] = labels[0].split(",")[0] + ",-1"
+    (meta / "class_labels.txt").write_text("\n".join(labels))
+    r = cli("evaluate", "--metadata", meta, "--data-root", dataset / "images", "--maps", tmp_path / "three")
+    assert_one_line_error(r, "class label must be >= 0")
+
+
+def test_evaluate_compare_reference_needs_the_models_own_checkpoint(cli, dataset, tmp_path):
+    model = build_model("resnet18", 10, seed=2, randomize_batchnorm=True)
+    graph = tmp_path / "m10.onnx"
+    from bagcams_deploy.export.onnx_export import export_onnx
+
+    export_onnx(model, graph, input_size=64)
+    other = save_checkpoint(build_model("resnet18", 7, seed=3), tmp_path / "seven.pth")
+    assert_one_line_error(
+        cli(*_eval(dataset, "--model", graph, "--compare-reference", "--checkpoint", other)),
+        "does not match",
+        "7 classes",
+    )
+
+
+def test_evaluation_reads_images_as_the_published_loader_does(tmp_path):
+    """PIL ``convert('RGB')`` without EXIF rotation: boxes and masks are in the stored pixel frame."""
+    from bagcams_deploy.evaluation.metadata import load_image
+
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 80, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    im.save(tmp_path / "rot.jpg", exif=exif)
+    with Image.open(tmp_path / "rot.jpg") as ref:
+        expected = np.asarray(ref.convert("RGB"))
+    got = load_image(tmp_path, "rot.jpg")
+    assert got.shape == (50, 80, 3) and np.array_equal(got, expected)
+
+
+def test_a_nan_measure_fails_verification_rather_than_passing_every_bar():
+    """Every comparison with NaN is False, so each bar is written to fail on NaN."""
+    from bagcams_deploy.verify import Tolerances, compare_outputs
+
+    rng = np.random.default_rng(0)
+    ref = {"logits": rng.normal(size=(2, 5)).astype(np.float32), "class_id_used": np.array([1, 2]),
+           "features": rng.random((2, 4, 3, 3), dtype=np.float32),
+           "gradients": rng.normal(size=(2, 4, 3, 3)).astype(np.float32),
+           "cam": rng.random((2, 1, 16, 16), dtype=np.float32)}  # fmt: skip
+    for key in ("logits", "features", "gradients"):
+        got = {**ref, key: np.full_like(ref[key], np.nan)}
+        reports, _ = compare_outputs(ref, got, Tolerances.for_precision("fp32"), ["a", "b"])
+        assert all(any(f"{key} rel L2 nan" in f for f in r.failures) for r in reports), key
+    clean, _ = compare_outputs(ref, dict(ref), Tolerances.for_precision("fp32"), ["a", "b"])
+    assert not any(r.failures for r in clean)
+
+
+def test_options_that_would_be_ignored_are_refused(cli, dataset, base, tmp_path):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    assert_one_line_error(cli(*_eval(dataset, "--maps", maps, "--backend", "ort-cpu", "--compare-reference")),
+                          "--backend, --compare-reference apply to --model")  # fmt: skip
+    preds = tmp_path / "p.csv"
+    preds.write_text("x,1")
+    assert_one_line_error(cli(*_eval(dataset, "--model", base["graph"], "--predictions", preds)),
+                          "--predictions is for --maps")  # fmt: skip
+    assert_one_line_error(cli("verify", base["graph"], "--checkpoint", base["ckpt"], "--backend", "torch-reference"),
+                          "torch-reference is the reference itself")  # fmt: skip
+    from bagcams_deploy.runtime import parse_backends
+
+    assert parse_backends("ort-cpu, torch-reference,ort-cpu") == ["ort-cpu", "torch-reference"]
