@@ -45,9 +45,67 @@ def measure_export(ckpt: str, out: str, layer: str) -> dict:
     return res
 
 
+# (label, layer, batch, ratio key or "peak_rss_mb", bar, "min" | "max"): the issue's goals
+GOALS = [
+    ("speed-up vs torch-reference, layer3, batch 1", "layer3", 1, "speedup_vs_torch_reference", 2.5, "min"),
+    ("speed-up vs torch-reference, layer3, batch 8", "layer3", 8, "speedup_vs_torch_reference", 3.0, "min"),
+    ("x forward-only latency, layer3, batch 1", "layer3", 1, "x_forward_only", 1.7, "max"),
+    ("x forward-only latency, layer3, batch 8", "layer3", 8, "x_forward_only", 1.7, "max"),
+    ("x forward-only latency, layer4, batch 1", "layer4", 1, "x_forward_only", 1.15, "max"),
+    ("x forward-only latency, layer4, batch 8", "layer4", 8, "x_forward_only", 1.15, "max"),
+]
+GOAL_BACKENDS = ("ort-cpu", "ov-cpu")
+PEAK_RSS_BAR_MB = 1024
+EXPORT_BARS = (60.0, 4096.0)  # seconds, peak RSS MB
+
+
+def _ratio_cell(value: float, bar: float, kind: str) -> str:
+    """``1.68x ✓``; three decimals when two would hide the verdict (1.7034 is not <= 1.7)."""
+    ok = value >= bar if kind == "min" else value <= bar
+    text = f"{value:.2f}"
+    if float(text) == bar and value != bar:
+        text = f"{value:.3f}"
+    return f"{text}x {'✓' if ok else '✗'}"
+
+
+def goal_table(report: dict) -> str:
+    """The goals with their verdicts, computed from the measurements (the README's first table)."""
+    backends = [b for b in GOAL_BACKENDS if any(r["backend"] == b for rep in report["layers"].values()
+                                                for r in rep["rows"])]  # fmt: skip
+    lines = [
+        f"| goal (ResNet-50, 224, BagCAMs, {report['threads']} threads) | target | " + " | ".join(backends) + " |",
+        "|---|---|" + "---:|" * len(backends),
+    ]
+    for label, layer, batch, key, bar, kind in GOALS:
+        if layer not in report["layers"]:
+            continue
+        ratios = report["layers"][layer]["ratios"]
+        cells = [_ratio_cell(ratios[f"{b}@{batch}"][key], bar, kind) if f"{b}@{batch}" in ratios else "-"
+                 for b in backends]  # fmt: skip
+        lines.append(f"| {label} | {'>=' if kind == 'min' else '<='} {bar}x | " + " | ".join(cells) + " |")
+    if "layer3" in report["layers"]:
+        rows = {(r["backend"], r["batch_size"]): r for r in report["layers"]["layer3"]["rows"]}
+        cells = []
+        for b in backends:
+            r = rows.get((b, 8))
+            ok = r is not None and r["peak_rss_mb"] < PEAK_RSS_BAR_MB
+            cells.append("-" if r is None else f"{r['peak_rss_mb']:.0f} MB {'✓' if ok else '✗'}")
+        lines.append(
+            f"| peak RSS, layer3, batch 8 (whole process) | < {PEAK_RSS_BAR_MB} MB | " + " | ".join(cells) + " |"
+        )
+    if "layer3" in report["export"]:
+        e = report["export"]["layer3"]
+        ok = e["seconds"] < EXPORT_BARS[0] and e["peak_rss_mb"] < EXPORT_BARS[1]
+        cell = f"{e['seconds']:.1f} s, {e['peak_rss_mb']:.0f} MB {'✓' if ok else '✗'}"
+        bars = f"< {EXPORT_BARS[0]:.0f} s, < {EXPORT_BARS[1] / 1024:.0f} GB"
+        lines.append(f"| export ResNet-50 layer3 | {bars} | {cell} |" + " |" * (len(backends) - 1))
+    return "\n".join(lines) + "\n"
+
+
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
+        goal_table(report),
         f"Machine: {m.get('cpu', '?')}, {m['affinity']} cores, threads={report['threads']}; "
         f"torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}, openvino {m.get('openvino', '-')}",
         "",
@@ -77,7 +135,14 @@ def main() -> int:
     ap.add_argument("--batch-sizes", default="1,8")
     ap.add_argument("--layers", default="layer3,layer4")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from the existing .json")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.render:
+        report = json.loads((out / "cpu_resnet50.json").read_text())
+        (out / "cpu_resnet50.md").write_text(markdown(report))
+        print(markdown(report))
+        return 0
 
     from bagcams_deploy.bench import machine_info, run_benchmark
     from bagcams_deploy.models import build_model, save_checkpoint
@@ -121,7 +186,6 @@ def main() -> int:
                 threads=args.threads,
                 on_row=show,
             )
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cpu_resnet50.json").write_text(json.dumps(report, indent=2))
     (out / "cpu_resnet50.md").write_text(markdown(report))
