@@ -10,6 +10,23 @@ from .errors import BagcamsError
 FLOAT_OUTPUTS = ("logits", "features", "gradients", "cam")
 
 
+class NonFiniteOutputError(BagcamsError):
+    """NaN or Inf in a model's outputs; ``indices`` are the affected images' places in the batch, so a
+    caller that knows the files can name them (:func:`name_non_finite`)."""
+
+    def __init__(self, message: str, indices: list[int]) -> None:
+        super().__init__(message)
+        self.indices = indices
+
+
+def name_non_finite(exc: NonFiniteOutputError, names: list[str]) -> BagcamsError:
+    """The same error naming the files of the batch instead of their places in it."""
+    files = ", ".join(str(names[i]) for i in exc.indices[:4] if i < len(names))
+    more = f" (+{len(exc.indices) - 4} more)" if len(exc.indices) > 4 else ""
+    return BagcamsError(f"{str(exc).split(' for image(s) ')[0]} for {files}{more}: the model's weights are "
+                        "invalid or overflow float range on these inputs")  # fmt: skip
+
+
 def check_finite_outputs(name: str, outputs: dict) -> None:
     """NaN or Inf in a model's outputs is an error naming the images, never a NaN score or a zero map."""
     for key in FLOAT_OUTPUTS:
@@ -19,7 +36,8 @@ def check_finite_outputs(name: str, outputs: dict) -> None:
         v = v.detach().float().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)  # torch bf16 too
         if v.dtype.kind == "f" and not np.isfinite(v).all():
             bad = np.nonzero(~np.isfinite(v.reshape(len(v), -1)).all(axis=1))[0].tolist()
-            raise BagcamsError(
+            raise NonFiniteOutputError(
                 f"{name}: {key} is NaN or infinite for image(s) {bad[:8]} of the batch: the model's weights "
-                "are invalid or overflow float range on these inputs"
+                "are invalid or overflow float range on these inputs",
+                bad,
             )

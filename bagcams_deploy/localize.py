@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .checks import NonFiniteOutputError, name_non_finite
 from .evaluation.boxes import boxes_from_scoremap
 from .outputs import check_distinct_stems
 from .preprocessing import load_image, preprocess
@@ -52,7 +53,10 @@ def localize_images(
         rgbs = [load_image(p) for p in chunk]
         x = preprocess(rgbs, size, spec.mean, spec.std).numpy()
         ids = None if class_id is None else np.full(len(chunk), class_id, dtype=np.int64)
-        res = backend.infer(x, ids)
+        try:
+            res = backend.infer(x, ids)
+        except NonFiniteOutputError as exc:
+            raise name_non_finite(exc, [str(p) for p in chunk]) from None
         logits = res["logits"]
         maps = score_maps(spec, res, x.shape[2:])
         for k, (p, rgb) in enumerate(zip(chunk, rgbs, strict=True)):

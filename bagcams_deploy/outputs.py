@@ -26,7 +26,11 @@ def output_file(path: Path | None, what: str) -> Path | None:
         return None
     if path.is_dir():
         raise BagcamsError(f"{what} {path} is a folder; give a file name")
-    _check_ancestor(path, what)
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise BagcamsError(f"{what} {path}: the file is not writable")
+    else:
+        _check_ancestor(path, what)
     return path
 
 

@@ -104,4 +104,5 @@ def expand_image_paths(inputs: Sequence[str | Path]) -> list[Path]:
             raise BagcamsError(f"no such image file or folder: {p}")
     if not out:
         raise BagcamsError("no image files found in " + ", ".join(str(i) for i in inputs))
-    return list(dict.fromkeys(out))  # a file named twice (or by its folder as well) runs once
+    unique = {p.resolve(): p for p in reversed(out)}  # a file named twice (or also by its folder) runs once
+    return list(reversed(unique.values()))

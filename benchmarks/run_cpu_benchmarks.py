@@ -63,8 +63,10 @@ def _ratio_cell(value: float, bar: float, kind: str) -> str:
     """``1.68x ✓``; three decimals when two would hide the verdict (1.7034 is not <= 1.7)."""
     ok = value >= bar if kind == "min" else value <= bar
     text = f"{value:.2f}"
-    if float(text) == bar and value != bar:
-        text = f"{value:.3f}"
+    for decimals in (3, 4, 5, 6):
+        if float(text) != bar or value == bar:
+            break
+        text = f"{value:.{decimals}f}"
     return f"{text}x {'✓' if ok else '✗'}"
 
 

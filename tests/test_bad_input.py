@@ -59,7 +59,7 @@ def test_invalid_weights_are_refused_or_reported_never_a_nan_score(cli, base, tm
     out = tmp_path / "loc"
     for r in (cli("cam", huge, base["imgs"], "--out", out, "--input-size", "64"),
               cli("localize", base["imgs"], "--model", huge, "--out", out)):  # fmt: skip
-        assert_one_line_error(r, "NaN or infinite for image(s) [0]")
+        assert_one_line_error(r, "is NaN or infinite for", "a.png")
     assert not (out / "boxes.json").exists()
 
 
@@ -289,3 +289,48 @@ def test_options_that_would_be_ignored_are_refused(cli, dataset, base, tmp_path)
     from bagcams_deploy.runtime import parse_backends
 
     assert parse_backends("ort-cpu, torch-reference,ort-cpu") == ["ort-cpu", "torch-reference"]
+
+
+def test_compare_reference_of_a_small_map_checkpoint_compares_like_with_like(cli, dataset, tmp_path):
+    small = save_checkpoint(build_model("resnet18", 10, seed=2, randomize_batchnorm=True, large_feature_map=False),
+                            tmp_path / "small.pth")  # fmt: skip
+    report = tmp_path / "r.json"
+    r = cli(*_eval(dataset, "--model", small, "--checkpoint", small, "--compare-reference", "--report", report))
+    assert r.code == 0, r.err
+    runs = json.loads(report.read_text())["runs"]
+    (mine,) = [k for k in runs if k != "torch-reference"]
+    for k in ("GT-known Loc", "MaxBoxAccV2"):
+        assert runs[mine]["summary"][k] == runs["torch-reference"]["summary"][k]
+
+
+def test_maps_off_by_rounding_are_scored_as_the_evaluators_allow(cli, dataset, tmp_path):
+    ids = (dataset / "metadata" / "test" / "image_ids.txt").read_text().split()
+    maps = tmp_path / "maps"
+    for i in ids:
+        m = np.random.default_rng(0).random((224, 224)).astype(np.float32)
+        m[0, 0] = np.float32(1.0000001)  # a min-max map from another tool
+        (maps / i).parent.mkdir(parents=True, exist_ok=True)
+        np.save(maps / f"{i}.npy", m)
+    assert cli(*_eval(dataset, "--maps", maps)).code == 0
+    np.save(maps / f"{ids[1]}.npy", np.full((224, 224), 1.5, np.float32))
+    assert_one_line_error(cli(*_eval(dataset, "--maps", maps)), f"image {ids[1]}")
+
+
+def test_an_existing_writable_file_in_a_read_only_folder_is_a_valid_output(tmp_path, monkeypatch):
+    import os
+
+    from bagcams_deploy import outputs
+
+    report = tmp_path / "r.json"
+    report.write_text("{}")
+    monkeypatch.setattr(outputs.os, "access", lambda p, mode: os.path.samefile(p, report))
+    assert outputs.output_file(report, "--report") == report
+    with pytest.raises(BagcamsError, match="cannot write in"):
+        outputs.output_file(tmp_path / "new.json", "--report")
+
+
+def test_one_file_in_two_spellings_is_one_input(cli, base, tmp_path, monkeypatch):
+    monkeypatch.chdir(base["imgs"].parent)
+    r = cli("localize", "imgs/a.png", base["imgs"] / "a.png", "--model", base["graph"], "--out", tmp_path / "o")
+    assert r.code == 0, r.err
+    assert len(json.loads((tmp_path / "o" / "boxes.json").read_text())["images"]) == 1

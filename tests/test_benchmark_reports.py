@@ -21,7 +21,7 @@ def cpu_bench():
 
 @pytest.mark.parametrize(
     ("value", "bar", "kind", "cell"),
-    [(1.6775, 1.7, "max", "1.68x ✓"), (1.7034, 1.7, "max", "1.703x ✗"), (1.6999, 1.7, "max", "1.700x ✓"),
+    [(1.6775, 1.7, "max", "1.68x ✓"), (1.7034, 1.7, "max", "1.703x ✗"), (1.6999, 1.7, "max", "1.6999x ✓"),
      (1.7, 1.7, "max", "1.70x ✓"), (2.995, 3.0, "min", "2.995x ✗"), (3.39, 3.0, "min", "3.39x ✓")],
 )  # fmt: skip
 def test_ratio_cells_never_round_a_miss_into_a_pass(cpu_bench, value, bar, kind, cell):
@@ -54,3 +54,8 @@ def test_committed_results_render_to_the_committed_markdown(cpu_bench):
     assert cpu_bench.markdown(report) == (results / "cpu_resnet50.md").read_text()
     readme = (ROOT / "README.md").read_text()
     assert cpu_bench.goal_table(report) in readme
+
+
+def test_a_value_just_past_the_bar_never_prints_as_the_bar(cpu_bench):
+    assert cpu_bench._ratio_cell(1.7004, 1.7, "max") == "1.7004x ✗"
+    assert cpu_bench._ratio_cell(2.4996, 2.5, "min") == "2.4996x ✗"

@@ -62,6 +62,7 @@ def cam(
     from ..outputs import check_distinct_stems, output_dir
 
     output_dir(out, "--out")
+    from ..checks import NonFiniteOutputError, name_non_finite
     from ..models import load_model
     from ..preprocessing import expand_image_paths, load_image, preprocess
     from ..progress import progress_bar
@@ -82,7 +83,10 @@ def cam(
             rgbs = [load_image(p) for p in chunk]
             x = preprocess(rgbs, (input_size, input_size))
             ids = None if class_id is None else [class_id] * len(chunk)
-            r = compute_cams(model, x, method, target_layer, ids)
+            try:
+                r = compute_cams(model, x, method, target_layer, ids)
+            except NonFiniteOutputError as exc:
+                raise name_non_finite(exc, [str(p) for p in chunk]) from None
             for i, (p, rgb) in enumerate(zip(chunk, rgbs, strict=True)):
                 m = r.maps[i, 0].numpy()
                 c = int(r.class_ids[i])

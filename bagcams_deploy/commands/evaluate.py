@@ -132,7 +132,8 @@ def evaluate(
                 if model.suffix.lower() in (".onnx", *PLAN_SUFFIXES):
                     ref_model = load_checkpoint_for(checkpoint, read_model_info(model))
                 else:
-                    ref_model = load_model(checkpoint, spec.architecture, large_feature_map=not small_feature_map)
+                    lfm = False if small_feature_map else None
+                    ref_model = load_model(checkpoint, spec.architecture, large_feature_map=lfm)
                 ref = TorchReferenceBackend(ref_model, spec.method, spec.target_layer,
                                             input_size=spec.input_size, published_autograd=False)  # fmt: skip
                 ref_scorer = scorer()

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..checks import NonFiniteOutputError, name_non_finite
 from ..errors import BagcamsError
 from ..preprocessing import preprocess
 from ..runtime.base import Backend, score_maps
@@ -98,11 +99,15 @@ class Scorer:
 
     def add(self, image_id: str, score_map: np.ndarray, predicted: int | None) -> None:
         m = to_eval_size(score_map, f"score map of {image_id}")
-        if not np.isfinite(m).all():
-            raise BagcamsError(f"score map of {image_id} contains NaN or infinite values")
-        lo, hi = float(m.min()), float(m.max())
-        if lo < 0 or hi > 1:
-            raise BagcamsError(f"score map of {image_id} must lie in [0, 1], got range [{lo:.6g}, {hi:.6g}]")
+        try:
+            self._accumulate(image_id, m, predicted)
+        except BagcamsError as exc:
+            if image_id in str(exc):
+                raise
+            raise BagcamsError(f"image {image_id}: {exc}") from None
+        self.count += 1
+
+    def _accumulate(self, image_id: str, m: np.ndarray, predicted: int | None) -> None:
         label = self.meta.class_labels[image_id]
         correct = None if predicted is None else int(predicted) == int(label)
         if correct is not None:
@@ -118,7 +123,6 @@ class Scorer:
             self.mask_eval.accumulate(
                 m, load_gt_mask(self.mask_root, mm.mask_paths[image_id], mm.ignore_paths.get(image_id))
             )
-        self.count += 1
 
     def result(self, seconds: float = 0.0) -> EvaluationResult:
         if self.count == 0:
@@ -176,7 +180,10 @@ def evaluate_backend(
         if bad.size:
             raise BagcamsError(f"label {int(bad[0])} in the metadata but the model has {spec.num_classes} classes")
         for b, sc in [(backend, scorer), *(extra_backends or [])]:
-            out = b.infer(x, labels)
+            try:
+                out = b.infer(x, labels)
+            except NonFiniteOutputError as exc:
+                raise name_non_finite(exc, list(chunk)) from None
             preds = out["logits"].argmax(1)
             maps = score_maps(b.spec, out, x.shape[2:])
             for k, image_id in enumerate(chunk):
