@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 
 from .checks import NonFiniteOutputError, name_non_finite
+from .errors import BagcamsError
 from .evaluation.boxes import boxes_from_scoremap
-from .outputs import check_distinct_stems
+from .outputs import check_distinct_stems, output_dir
 from .preprocessing import load_image, preprocess
 from .runtime.base import Backend, score_maps
 from .visualize import render_overlay, resize_map, save_png
@@ -43,7 +44,15 @@ def localize_images(
     """Per image: ``<stem>.npy`` (the map at the original image size), ``<stem>_overlay.png`` and a
     record (class, score, probability, boxes in original-image pixels); ``threshold=None`` = Otsu.
     Writes ``boxes.json`` with all records and returns them."""
+    paths, out = [Path(p) for p in paths], Path(out)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise BagcamsError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
+        raise BagcamsError(f"threshold must be in [0, 1] (or None for Otsu's), got {threshold}")
+    if class_id is not None and (isinstance(class_id, bool) or not isinstance(class_id, int | np.integer)):
+        raise BagcamsError(f"class_id must be an integer, got {class_id!r}")
     check_distinct_stems(paths)
+    output_dir(out, "output folder")
     spec = backend.spec
     size = spec.input_size or (224, 224)
     out.mkdir(parents=True, exist_ok=True)

@@ -334,3 +334,128 @@ def test_one_file_in_two_spellings_is_one_input(cli, base, tmp_path, monkeypatch
     r = cli("localize", "imgs/a.png", base["imgs"] / "a.png", "--model", base["graph"], "--out", tmp_path / "o")
     assert r.code == 0, r.err
     assert len(json.loads((tmp_path / "o" / "boxes.json").read_text())["images"]) == 1
+
+
+# --- the library, as a Python user calls it ---------------------------------------------------------
+def test_backend_inputs_must_be_what_the_contract_says(base):
+    from bagcams_deploy.runtime import create_backend
+
+    b = create_backend("ort-cpu", graph=base["graph"])
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    pixels, flags, waves = np.uint8(x * 50 + 100), x.astype(bool), x.astype(np.complex64)
+    for images, message in [(pixels, "normalised floating point"), (flags, "normalised floating point"),
+                            (waves, "floating")]:  # fmt: skip
+        with pytest.raises(BagcamsError, match=message):
+            b.infer(images)
+    for ids, message in [(1.7, "class ids must be integers"), ("2", "class ids must be integers"),
+                         (True, "class ids must be integers"), (np.uint64(2**63 + 5), "out of range")]:  # fmt: skip
+        with pytest.raises(BagcamsError, match=message):
+            b.infer(x, ids)
+    as_tensor = torch.from_numpy(x).requires_grad_(True)  # torch tensors are taken as they are
+    assert np.array_equal(b.infer(as_tensor, [3, 4])["class_id_used"], [3, 4])
+
+
+def test_dynamic_size_graphs_refuse_inputs_below_the_architectures_minimum(base, tmp_path):
+    from bagcams_deploy.export.onnx_export import export_onnx
+    from bagcams_deploy.runtime import create_backend
+
+    graph = tmp_path / "dyn.onnx"
+    export_onnx(load_model(base["ckpt"]), graph, dynamic_size=True)
+    for name, kwargs in (("ort-cpu", {"graph": graph}), ("torch-analytic", {"model": load_model(base["ckpt"])})):
+        b = create_backend(name, **kwargs)
+        with pytest.raises(BagcamsError, match="below 32x32"):
+            b.infer(np.zeros((1, 3, 31, 40), np.float32))
+        assert b.infer(np.zeros((1, 3, 32, 40), np.float32))["cam"].shape == (1, 1, 32, 40)
+
+
+def test_reference_takes_any_float_dtype_and_refuses_pixels(base):
+    from bagcams_deploy.reference import compute_cams
+
+    model = load_model(base["ckpt"])
+    x = torch.randn(1, 3, 64, 64)
+    want = compute_cams(model, x).maps
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        got = compute_cams(model, x.to(dtype)).maps  # cast to the model's float32
+        assert torch.isfinite(got).all() and got.shape == want.shape
+    assert torch.equal(compute_cams(model, x.double()).maps, compute_cams(model, x.double().float()).maps)
+    with pytest.raises(BagcamsError, match="normalised floating point"):
+        compute_cams(model, (x * 50 + 100).to(torch.uint8))
+    with pytest.raises(BagcamsError, match="class ids must be integers"):
+        compute_cams(model, x, class_ids=2.7)
+
+
+def test_library_calls_check_sizes_counts_and_paths(base, tmp_path):
+    from bagcams_deploy.export.onnx_export import export_onnx
+    from bagcams_deploy.localize import localize_images
+    from bagcams_deploy.runtime import create_backend
+    from bagcams_deploy.verify import verify_backend
+
+    model = load_model(base["ckpt"])
+    for size in (64.0, "64", (64,), (64, 64, 64), 100_000, True):
+        with pytest.raises(BagcamsError, match="input_size must be"):
+            export_onnx(model, tmp_path / "x.onnx", input_size=size)
+    assert export_onnx(model, tmp_path / "np.onnx", input_size=np.int64(64)).path.exists()
+    with pytest.raises(BagcamsError, match="is a folder"):
+        export_onnx(model, tmp_path, input_size=64)
+    with pytest.raises(BagcamsError, match="opset must be an integer"):
+        export_onnx(model, tmp_path / "x.onnx", input_size=64, opset="18")
+    b = create_backend("ort-cpu", graph=base["graph"])
+    for kwargs, message in [({"batch_size": 0}, "batch_size"), ({"batch_size": -1}, "batch_size")]:
+        with pytest.raises(BagcamsError, match=message):
+            verify_backend(b, model, str(base["graph"]), num_random=2, **kwargs)
+    img = [base["imgs"] / "a.png"]
+    for kwargs, message in [({"batch_size": 0}, "batch_size"), ({"threshold": float("nan")}, "threshold"),
+                            ({"threshold": 2.0}, "threshold"), ({"class_id": 2.5}, "class_id")]:  # fmt: skip
+        with pytest.raises(BagcamsError, match=message):
+            localize_images(b, img, tmp_path / "loc", **kwargs)
+    with pytest.raises(BagcamsError, match="is a file, not a folder"):
+        localize_images(b, img, base["ckpt"])
+    records = localize_images(b, [str(img[0])], str(tmp_path / "loc"))  # str paths are fine
+    assert len(records) == 1
+
+
+def test_torch_backends_must_match_the_graph_they_are_paired_with(base):
+    from bagcams_deploy.runtime import create_backend
+
+    with pytest.raises(BagcamsError, match="does not match"):
+        create_backend("torch-reference", model=build_model("resnet18", 5), graph=base["graph"])
+    with pytest.raises(BagcamsError, match="computes bagcams, not gradcam"):
+        create_backend("torch-reference", model=load_model(base["ckpt"]), graph=base["graph"], method="gradcam")
+    with pytest.raises(BagcamsError, match="needs a loaded model"):
+        create_backend("torch-reference", model=str(base["ckpt"]))
+    with pytest.raises(BagcamsError, match="threads must be a positive integer"):
+        create_backend("ort-cpu", graph=base["graph"], threads=-1)
+    with pytest.raises(BagcamsError, match="unknown device"):
+        create_backend("torch-analytic", model=load_model(base["ckpt"]), device="tpu")
+
+
+def test_evaluator_thresholds_are_checked():
+    from bagcams_deploy.evaluation import BoxEvaluator, MaskEvaluator
+
+    for bad in ([np.nan, 0.5], [0.7, 0.2], [0.2, 1.5], [-0.1, 0.5], ["a"]):
+        for evaluator in (BoxEvaluator, MaskEvaluator):
+            with pytest.raises(BagcamsError, match="CAM thresholds must be"):
+                evaluator(thresholds=bad)
+
+
+def test_data_set_and_training_scripts_check_options_before_work(tmp_path, capsys):
+    from bagcams_deploy.scenes.__main__ import main as scenes_main
+    from bagcams_deploy.scenes.train import main as train_main
+
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    for argv, message in [(["--out", str(tmp_path / "s"), "--size", "8"], "--size must be >= 32"),
+                          (["--out", str(a_file)], "is a file, not a folder"),
+                          (["--out", str(tmp_path / "s"), "--train", "-5"], "--train must be >= 0")]:  # fmt: skip
+        assert scenes_main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+    for argv, message in [(["--out-dir", str(tmp_path / "m"), "--num-test", "0"], "--num-test must be >= 1"),
+                          (["--out-dir", str(a_file)], "is a file, not a folder"),
+                          (["--out-dir", str(tmp_path / "m"), "--steps-low", "0", "--steps-high", "0"],
+                           "trains nothing")]:  # fmt: skip
+        assert train_main(argv) == 1
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the shipped model is only replaced when asked for by name
+        train_main([])

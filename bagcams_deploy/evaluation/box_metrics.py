@@ -17,7 +17,7 @@ from bagcams_deploy.evaluation.boxes import (
     box_iou,
     boxes_at_thresholds,
     boxes_at_thresholds_reference,
-    cam_thresholds,
+    checked_thresholds,
 )
 
 DEFAULT_IOU_DELTAS: tuple[int, ...] = (30, 50, 70)
@@ -79,9 +79,7 @@ class BoxEvaluator:
         multi_contour: bool = True,
         fast: bool = True,
     ) -> None:
-        self.thresholds = cam_thresholds(interval) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-        if self.thresholds.ndim != 1 or len(self.thresholds) == 0:
-            raise BagcamsError("CAM thresholds must be a non-empty 1-D sequence")
+        self.thresholds = checked_thresholds(thresholds, interval)
         self.iou_deltas = tuple(int(d) for d in iou_deltas)
         if not self.iou_deltas or any(not 0 < d <= 100 for d in self.iou_deltas):
             raise BagcamsError(f"IoU deltas must be percentages in (0, 100], got {list(iou_deltas)}")

@@ -26,6 +26,22 @@ MIN_CAM_INTERVAL = 1e-5
 _EMPTY_BOX = np.zeros((1, 4), dtype=np.int64)
 
 
+def checked_thresholds(thresholds: object, interval: float) -> np.ndarray:
+    """The evaluators' CAM thresholds: the published grid for ``interval``, or a user's list, which must
+    be finite, in [0, 1) and strictly increasing (the histograms and the contour search assume it)."""
+    if thresholds is None:
+        return cam_thresholds(interval)
+    try:
+        t = np.asarray(thresholds, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BagcamsError(f"CAM thresholds must be numbers, got {str(thresholds)[:60]}") from None
+    if t.ndim != 1 or len(t) == 0:
+        raise BagcamsError("CAM thresholds must be a non-empty 1-D sequence")
+    if not np.isfinite(t).all() or t.min() < 0 or t.max() >= 1 or (np.diff(t) <= 0).any():
+        raise BagcamsError("CAM thresholds must be finite, in [0, 1) and strictly increasing")
+    return t
+
+
 def cam_thresholds(interval: float = 0.001) -> np.ndarray:
     """The CAM threshold grid ``np.arange(0, 1, interval)`` (float64), exactly as wsolevaluation."""
     if not (MIN_CAM_INTERVAL <= interval < 1.0):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bagcams_deploy.errors import BagcamsError
-from bagcams_deploy.evaluation.boxes import cam_thresholds, validate_scoremap
+from bagcams_deploy.evaluation.boxes import checked_thresholds, validate_scoremap
 
 #: Value of ignored pixels in a GT mask (wsolevaluation's convention).
 IGNORE_VALUE = 255
@@ -53,9 +53,7 @@ class MaskEvaluator:
     """Accumulates pixel-score histograms over images; :meth:`compute` gives :class:`MaskMetrics`."""
 
     def __init__(self, thresholds: Sequence[float] | np.ndarray | None = None, interval: float = 0.001) -> None:
-        self.thresholds = cam_thresholds(interval) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-        if self.thresholds.ndim != 1 or len(self.thresholds) == 0:
-            raise BagcamsError("CAM thresholds must be a non-empty 1-D sequence")
+        self.thresholds = checked_thresholds(thresholds, interval)
         # Bins [0, bw), ..., [1 - bw, 1), [1, 2), [2, 3]: scores of exactly 1.0 fall in [1, 2).
         self.bin_edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
         self.gt_true_hist = np.zeros(len(self.bin_edges) - 1, dtype=np.float64)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..checks import NonFiniteOutputError, name_non_finite
 from ..errors import BagcamsError
+from ..outputs import output_dir
 from ..preprocessing import preprocess
 from ..runtime.base import Backend, score_maps
 from .box_metrics import BoxEvaluator, BoxMetrics
@@ -167,6 +168,11 @@ def evaluate_backend(
     reference for ``--compare-reference``) see exactly the same images and class ids."""
     import time
 
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise BagcamsError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise BagcamsError(f"limit must be a positive integer (or None for all), got {limit!r}")
+    output_dir(Path(save_maps) if save_maps else None, "save_maps")
     spec = backend.spec
     size = spec.input_size or (RESIZE_LENGTH, RESIZE_LENGTH)
     ids = scorer.meta.image_ids[:limit] if limit else scorer.meta.image_ids

@@ -8,12 +8,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import __version__
 from ..errors import BagcamsError
 from ..models.wsol import WSOLModel
 from ..preprocessing import MEAN, STD
+from ..reference.cams import check_images
 from .analytic import AnalyticCAM, calibrate_gradient_scale
 from .contract import INPUT_NAMES, metadata_props
 
@@ -34,6 +36,23 @@ class ExportResult:
     size_bytes: int
     gradient_scale: float
     precision: str
+
+
+MAX_INPUT_SIDE = 4096  # beyond this the export's example pass alone needs tens of GB
+
+
+def _input_size(input_size: object) -> tuple[int, int]:
+    """An int (square) or an (H, W) pair of positive integers, or a clear error."""
+    pair = (input_size, input_size) if isinstance(input_size, int | np.integer) else input_size
+    ok = isinstance(pair, tuple | list) and len(pair) == 2
+    ok = ok and all(
+        isinstance(v, int | np.integer) and not isinstance(v, bool) and 0 < v <= MAX_INPUT_SIDE for v in pair
+    )
+    if not ok:
+        raise BagcamsError(
+            f"input_size must be an integer or an (H, W) pair in 1..{MAX_INPUT_SIDE}, got {input_size!r}"
+        )
+    return int(pair[0]), int(pair[1])
 
 
 def max_opset() -> int:
@@ -117,6 +136,15 @@ def export_onnx(
     """
     import onnx
 
+    from ..outputs import output_file
+
+    if not isinstance(model, WSOLModel):
+        raise BagcamsError(
+            f"model must be a WSOLModel (see bagcams_deploy.models.load_model), got {type(model).__name__}"
+        )
+    output_file(Path(output), "output")
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)):
+        raise BagcamsError(f"opset must be an integer, got {opset!r}")
     if opset is None:  # the default: 18, or the first opset whose convolutions take bfloat16
         opset = BF16_MIN_OPSET if precision == "bf16" else DEFAULT_OPSET
     if method == "cam" and not with_cam:
@@ -128,7 +156,7 @@ def export_onnx(
     if precision == "bf16" and opset < BF16_MIN_OPSET:
         raise BagcamsError(f"--precision bf16 needs --opset {BF16_MIN_OPSET} or newer (ONNX convolutions take "
                            f"bfloat16 from opset {BF16_MIN_OPSET}), got {opset}")  # fmt: skip
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    size = _input_size(input_size)
     if min(size) < model.spec.min_input_size:
         raise BagcamsError(
             f"--input-size {size} is below the minimum {model.spec.min_input_size} for {model.architecture}"
@@ -140,7 +168,9 @@ def export_onnx(
             from ..verify import random_images
 
             calib = (
-                calibration_images if calibration_images is not None else torch.from_numpy(random_images(8, size, 0))
+                check_images(model, calibration_images)
+                if calibration_images is not None
+                else torch.from_numpy(random_images(8, size, 0))
             )
             gradient_scale = calibrate_gradient_scale(model, method, target_layer, calib)
     net = AnalyticCAM(

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
+from ..architectures import MIN_INPUT_SIZE
 from ..errors import BagcamsError
 from .inception import InceptionTrunk, init_inception_
 from .resnet import init_resnet_, resnet18_trunk, resnet50_trunk
@@ -32,10 +33,20 @@ class ArchSpec:
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "resnet50": ArchSpec(
-        "resnet50", resnet50_trunk, init_resnet_, ("layer1", "layer2", "layer3", "layer4"), "layer3", 32
+        "resnet50",
+        resnet50_trunk,
+        init_resnet_,
+        ("layer1", "layer2", "layer3", "layer4"),
+        "layer3",
+        MIN_INPUT_SIZE["resnet50"],
     ),
     "resnet18": ArchSpec(
-        "resnet18", resnet18_trunk, init_resnet_, ("layer1", "layer2", "layer3", "layer4"), "layer3", 32
+        "resnet18",
+        resnet18_trunk,
+        init_resnet_,
+        ("layer1", "layer2", "layer3", "layer4"),
+        "layer3",
+        MIN_INPUT_SIZE["resnet18"],
     ),
     "inception_v3": ArchSpec(
         "inception_v3",
@@ -55,7 +66,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ),
         # The stage before the last, at full 28x28 resolution: to Inception what layer3 is to ResNet-50.
         "SPG_A3_1b",
-        75,
+        MIN_INPUT_SIZE["inception_v3"],
     ),
 }
 

@@ -88,7 +88,10 @@ def resolve_class_ids(logits: Tensor, class_ids: Tensor | Sequence[int] | int | 
     argmax = logits.argmax(dim=1)
     if class_ids is None:
         return argmax
-    ids = torch.as_tensor(class_ids, dtype=torch.int64, device=logits.device).flatten()
+    raw = torch.as_tensor(class_ids) if not isinstance(class_ids, str) else None
+    if raw is None or raw.is_floating_point() or raw.is_complex() or raw.dtype == torch.bool:
+        raise BagcamsError(f"class ids must be integers, got {class_ids!r}"[:120])
+    ids = raw.to(dtype=torch.int64, device=logits.device).flatten()
     if ids.numel() == 1 and n > 1:
         ids = ids.expand(n)
     if ids.numel() != n:
@@ -107,10 +110,14 @@ def score_factor(scores: Tensor, method: str) -> Tensor:
     return torch.where(scores != 0, 1.0 / safe, torch.zeros_like(scores))
 
 
-def check_images(model: WSOLModel, images: Tensor) -> None:
+def check_images(model: WSOLModel, images: Tensor) -> Tensor:
+    """The batch as the model's float32, or a clear error (integer pixels are not normalised images)."""
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise BagcamsError(f"images must be a float tensor [N, 3, H, W], got {shape}")
+    if not images.is_floating_point():
+        raise BagcamsError(f"images must be normalised floating point (see preprocess), got {images.dtype}")
+    images = images.float()
     if images.shape[0] == 0:
         raise BagcamsError("no images given (batch of size 0)")
     side = min(images.shape[2:])
@@ -121,6 +128,7 @@ def check_images(model: WSOLModel, images: Tensor) -> None:
         )
     if not torch.isfinite(images).all():
         raise BagcamsError("images contain NaN or Inf")
+    return images
 
 
 def compute_cams(
@@ -140,7 +148,7 @@ def compute_cams(
     runs ``backward()`` as the published code does (slower; used to benchmark that baseline).
     """
     check_method(method)
-    check_images(model, images)
+    images = check_images(model, images)
     model.eval()
     size = (int(images.shape[2]), int(images.shape[3]))
     if method == "cam":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..architectures import MIN_INPUT_SIZE
 from ..checks import check_finite_outputs
 from ..errors import BagcamsError
 
@@ -87,7 +88,13 @@ class Backend(ABC):
 
     def check_inputs(self, images: np.ndarray, class_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         spec = self.spec
+        if hasattr(images, "detach"):  # a torch tensor, possibly requiring grad
+            images = images.detach().cpu().numpy()
         images = np.asarray(images)
+        if images.dtype.kind != "f":
+            raise BagcamsError(
+                f"{self.name}: images must be normalised floating point (see preprocess), got {images.dtype}"
+            )
         if images.ndim != 4 or images.shape[1] != 3:
             raise BagcamsError(f"{self.name}: images must be [N, 3, H, W], got shape {tuple(images.shape)}")
         if images.shape[0] == 0:
@@ -97,25 +104,39 @@ class Backend(ABC):
             raise BagcamsError(
                 f"{self.name}: images are {images.shape[2]}x{images.shape[3]} but the model takes {h}x{w}"
             )
+        least = MIN_INPUT_SIZE.get(spec.architecture, 1)
+        if min(images.shape[2:]) < least:
+            raise BagcamsError(
+                f"{self.name}: images are {images.shape[2]}x{images.shape[3]}, below {least}x{least}, the "
+                f"smallest input {spec.architecture} takes"
+            )
         if images.dtype != np.float32:
             images = images.astype(np.float32)
         if not np.isfinite(images).all():
             raise BagcamsError(f"{self.name}: images contain NaN or Inf")
         n = images.shape[0]
-        if class_ids is None:
-            ids = np.full((n,), -1, dtype=np.int64)
-        else:
-            ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
-            if ids.size == 1 and n > 1:
-                ids = np.repeat(ids, n)
-            if ids.size != n:
-                raise BagcamsError(f"{self.name}: {ids.size} class ids for {n} images")
-            if (ids >= spec.num_classes).any():
-                bad = int(ids[ids >= spec.num_classes][0])
-                raise BagcamsError(
-                    f"class id {bad} out of range: the model has {spec.num_classes} classes (0..{spec.num_classes - 1})"
-                )
+        ids = np.full((n,), -1, dtype=np.int64) if class_ids is None else self._class_ids(class_ids, n)
         return np.ascontiguousarray(images), np.ascontiguousarray(ids)
+
+    def _class_ids(self, class_ids: object, n: int) -> np.ndarray:
+        """One integer id per image (a single id is used for all); negative = the argmax."""
+        spec = self.spec
+        raw = np.asarray(class_ids.detach().cpu() if hasattr(class_ids, "detach") else class_ids)
+        if raw.dtype.kind not in "iu":
+            raise BagcamsError(f"{self.name}: class ids must be integers, got {raw.dtype} ({str(class_ids)[:40]})")
+        if raw.dtype.kind == "u" and raw.size and raw.max() > np.iinfo(np.int64).max:
+            raise BagcamsError(f"{self.name}: class id {int(raw.max())} out of range")
+        ids = raw.astype(np.int64).reshape(-1)
+        if ids.size == 1 and n > 1:
+            ids = np.repeat(ids, n)
+        if ids.size != n:
+            raise BagcamsError(f"{self.name}: {ids.size} class ids for {n} images")
+        if (ids >= spec.num_classes).any():
+            bad = int(ids[ids >= spec.num_classes][0])
+            raise BagcamsError(
+                f"class id {bad} out of range: the model has {spec.num_classes} classes (0..{spec.num_classes - 1})"
+            )
+        return ids
 
 
 class Timer:

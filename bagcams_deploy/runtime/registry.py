@@ -49,6 +49,8 @@ def check_model_kind(name: str, path: str | Path) -> None:
 def _graph_backend(name: str, path: str, threads: int | None, exact: bool) -> Backend:
     module_name, cls_name, _ = GRAPH_BACKENDS[name]
     check_model_kind(name, path)
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise BagcamsError(f"threads must be a positive integer, got {threads!r}")
     try:
         module = importlib.import_module(f"{__package__}.{module_name}")
     except ImportError as exc:
@@ -80,15 +82,34 @@ def create_backend(
     if name in MODEL_BACKENDS:
         if model is None:
             raise BagcamsError(f"backend {name} needs the PyTorch checkpoint (--checkpoint)")
+        import torch
+
+        from ..models.wsol import WSOLModel
+
+        if not isinstance(model, WSOLModel):
+            raise BagcamsError(f"backend {name} needs a loaded model (models.load_model), got {type(model).__name__}")
+        if threads is not None and threads < 1:
+            raise BagcamsError(f"threads must be a positive integer, got {threads}")
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise BagcamsError(f"unknown device {device!r}; e.g. cpu, cuda, cuda:1") from None
         size = None
         if graph is not None and str(graph).lower().endswith((".onnx", ".plan", ".engine")):
             from .open import read_model_info
 
             info = read_model_info(graph)
+            if (model.architecture, model.num_classes) != (info.architecture, info.num_classes):
+                raise BagcamsError(
+                    f"the model does not match {graph}: it is {model.architecture} with {model.num_classes} "
+                    f"classes, the graph {info.architecture} with {info.num_classes}"
+                )
+            for what, asked, fixed in (("method", method, info.method), ("target layer", target_layer,
+                                                                           info.target_layer)):  # fmt: skip
+                if asked is not None and asked != fixed:
+                    raise BagcamsError(f"{graph} computes {fixed}, not {asked} ({what} is fixed at export)")
             method, target_layer, size = info.method, info.target_layer, info.input_size
         if threads:
-            import torch
-
             torch.set_num_threads(threads)
         from .torch_backends import TorchAnalyticBackend, TorchReferenceBackend
 

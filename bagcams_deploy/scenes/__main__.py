@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
+from ..errors import BagcamsError
 from .writer import write_dataset
 
 
@@ -18,6 +20,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=224)
     a = p.parse_args(argv)
+    try:
+        return _write(a)
+    except (BagcamsError, OSError, ValueError) as exc:  # bad options or an unwritable place: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _write(a: argparse.Namespace) -> int:
+    from ..outputs import output_dir
+
+    for name in ("train", "val", "test", "seed"):
+        if getattr(a, name) < 0:
+            raise BagcamsError(f"--{name} must be >= 0, got {getattr(a, name)}")
+    if a.train + a.val + a.test == 0:
+        raise BagcamsError("nothing to write: --train, --val and --test are all 0")
+    if a.size < 32:
+        raise BagcamsError(f"--size must be >= 32, got {a.size}")
+    if not str(a.out).strip():
+        raise BagcamsError("--out is empty")
+    output_dir(Path(a.out), "--out")
 
     def progress(split: str, done: int, total: int) -> None:
         if done == total or done % 500 == 0:
