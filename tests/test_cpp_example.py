@@ -215,3 +215,53 @@ def test_cpp_errors(binary, graph, images, tmp_path):
     _one_line_error(localize(graph, "--class-id", str(NUM_CLASSES), img), "out of range")
     usage = _run([str(binary), "--model", str(graph), img])
     assert usage.returncode == 2 and usage.stderr.startswith("error: --out is required")
+
+
+def test_cpp_refuses_what_python_refuses(binary, graph, images, tmp_path):
+    """Found by an adversarial pass: each used to give exit 0 and a wrong or overwritten result."""
+    import onnx
+    from PIL import Image
+
+    def localize(model: Path, *args: str) -> subprocess.CompletedProcess:
+        return _run([str(binary), "--model", str(model), "--out", str(tmp_path / "out"), "--quiet", *args])
+
+    # a cut-off JPEG is an error (libjpeg would pad it with grey), as in Pillow
+    jpeg = tmp_path / "whole.jpg"
+    Image.open(images[0]).convert("RGB").save(jpeg, quality=90)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    _one_line_error(localize(graph, str(cut)), "cut.jpg", "truncated")
+    assert localize(graph, str(jpeg)).returncode == 0
+
+    # two files with one stem would overwrite each other's outputs; one file named twice runs once
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / images[0].name).write_bytes(images[0].read_bytes())
+    _one_line_error(localize(graph, str(images[0]), str(twin / images[0].name)), "would both write")
+    r = localize(graph, str(images[0]), str(images[0].parent / "." / images[0].name))
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "out").glob(f"{images[0].stem}*.npy"))) == 1
+
+    # metadata no export writes is the model's fault (exit 1), not a usage error
+    for key, value, needle in (("std", "0,0,0", "std > 0"), ("mean", "inf,0.4,0.4", "finite"),
+                               ("num_classes", "0", "num_classes must be in [1,")):  # fmt: skip
+        proto = onnx.load(str(graph))
+        for p in proto.metadata_props:
+            if p.key == key:
+                p.value = value
+        edited = tmp_path / f"edited_{key}.onnx"
+        onnx.save(proto, str(edited))
+        _one_line_error(localize(edited, str(images[0])), needle)
+
+    # bf16 graphs are for TensorRT: on a CPU their maps miss the reduced-precision bars
+    from bagcams_deploy.export.onnx_export import export_onnx
+    from bagcams_deploy.models import build_model
+
+    bf16 = tmp_path / "bf16.onnx"
+    export_onnx(build_model("resnet18", NUM_CLASSES, seed=1), bf16, input_size=64, precision="bf16")
+    _one_line_error(localize(bf16, str(images[0])), "bf16 graph")
+
+    # integer options that do not fit are refused, not truncated
+    for flag, value in (("--batch-size", "4294967297"), ("--threads", "4294967297"), ("--class-id", "-5")):
+        r = localize(graph, flag, value, str(images[0]))
+        assert r.returncode == 2 and f"{flag} must be in" in r.stderr, r.stderr

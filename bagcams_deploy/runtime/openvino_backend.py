@@ -40,10 +40,18 @@ class OpenVINOBackend(Backend):
 
     name = "ov-cpu"
 
-    def __init__(self, path: str, threads: int | None = None) -> None:
+    def __init__(self, path: str, threads: int | None = None, allow_bf16: bool = False) -> None:
+        """``allow_bf16`` runs a bf16 graph anyway: only for measuring it (benchmarks/bf16_on_cpu.py)."""
         super().__init__()
         self.path, self.threads = str(path), threads
         self.info = read_graph_info(path)  # checks names and metadata before OpenVINO sees the file
+        if self.info.precision == "bf16" and not allow_bf16:
+            # OpenVINO runs bf16 convolutions, but its maps miss the reduced-precision bars
+            # (benchmarks/bf16_on_cpu.py): refused rather than run silently worse
+            raise BagcamsError(
+                f"{path} is a bf16 graph, which is for TensorRT on Ampere or newer GPUs (build-engine); on a CPU "
+                "its maps miss the reduced-precision bars: export --precision fp16 or fp32 for the CPU"
+            )
         self._spec = spec_from_graph(self.info, class_names_of(path))
         self._ov = require("openvino", "the ov-cpu backend", "pip install openvino")
         self.compiled: Any = None

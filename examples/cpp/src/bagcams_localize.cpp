@@ -84,6 +84,14 @@ long long parse_int(const std::string& flag, const std::string& v) {
     }
 }
 
+// An integer option within [lo, hi]: a value that does not fit is an error, never a truncated int.
+int parse_int_in(const std::string& flag, const std::string& v, long long lo, long long hi) {
+    const long long r = parse_int(flag, v);
+    if (r < lo || r > hi)
+        throw UsageError(flag + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + v);
+    return static_cast<int>(r);
+}
+
 float parse_float(const std::string& flag, const std::string& v) {
     try {
         size_t used = 0;
@@ -115,20 +123,20 @@ Options parse_args(int argc, char** argv) {
         } else if (a == "--out") {
             o.out = value();
         } else if (a == "--class-id") {
-            o.class_id = parse_int(a, value());
+            o.class_id = parse_int_in(a, value(), 0, 1 << 30);
         } else if (a == "--threshold") {
             o.threshold = parse_float(a, value());
         } else if (a == "--threads") {
-            o.threads = static_cast<int>(parse_int(a, value()));
+            o.threads = parse_int_in(a, value(), 0, 4096);
         } else if (a == "--batch-size") {
-            o.batch_size = static_cast<int>(parse_int(a, value()));
+            o.batch_size = parse_int_in(a, value(), 1, 4096);
         } else if (a == "--input-size") {
-            o.input_size = static_cast<int>(parse_int(a, value()));
+            o.input_size = parse_int_in(a, value(), 8, 4096);
             o.input_size_given = true;
         } else if (a == "--warmup") {
-            o.warmup = static_cast<int>(parse_int(a, value()));
+            o.warmup = parse_int_in(a, value(), 0, 1000000);
         } else if (a == "--repeat") {
-            o.repeat = static_cast<int>(parse_int(a, value()));
+            o.repeat = parse_int_in(a, value(), 1, 1000000);
         } else if (a == "--device") {
             o.device = value();
         } else if (a == "--save-input") {
@@ -144,6 +152,22 @@ Options parse_args(int argc, char** argv) {
     if (o.model.empty()) throw UsageError("--model is required");
     if (o.out.empty()) throw UsageError("--out is required");
     if (o.images.empty()) throw UsageError("no images given");
+    // One file named twice (in any spelling) runs once; two files with one stem would overwrite each
+    // other's <stem>.npy/.json/_overlay.png, so they are refused, as on the Python side.
+    std::vector<std::string> unique;
+    std::map<std::string, std::string> by_file, by_stem;
+    for (const std::string& image : o.images) {
+        std::error_code ec;
+        const std::string key = fs::weakly_canonical(fs::path(image), ec).string();
+        if (!by_file.emplace(ec ? image : key, image).second) continue;
+        const std::string stem = fs::path(image).stem().string();
+        const auto [it, fresh] = by_stem.emplace(stem, image);
+        if (!fresh)
+            throw UserError(it->second + " and " + image + " would both write " + stem +
+                             ".npy: rename one, or run them into different --out folders");
+        unique.push_back(image);
+    }
+    o.images = unique;
     if (o.batch_size < 1) throw UsageError("--batch-size must be >= 1");
     if (o.threads < 0) throw UsageError("--threads must be >= 0");
     if (o.warmup < 0 || o.repeat < 1) throw UsageError("--warmup must be >= 0 and --repeat >= 1");
@@ -193,7 +217,19 @@ GraphMeta read_meta(const std::shared_ptr<ov::Model>& model, const std::string& 
     }
     m.mean = parse_triplet(path, "mean", m.props["mean"]);
     m.std = parse_triplet(path, "std", m.props["std"]);
-    m.num_classes = static_cast<int>(parse_int("metadata num_classes", m.props["num_classes"]));
+    for (int c = 0; c < 3; ++c) {
+        if (!std::isfinite(m.mean[c]) || !std::isfinite(m.std[c]) || !(m.std[c] > 0.0f))
+            throw UserError(path + ": metadata 'mean'/'std' must be finite with std > 0, got '" + m.props["mean"] +
+                            "' / '" + m.props["std"] + "'");
+    }
+    if (m.props.count("precision") && m.props["precision"] == "bf16")
+        throw UserError(path + " is a bf16 graph, which is for TensorRT on Ampere or newer GPUs; on a CPU its maps "
+                               "miss the reduced-precision bars: export --precision fp16 or fp32 for the CPU");
+    try {
+        m.num_classes = parse_int_in("metadata num_classes", m.props["num_classes"], 1, 1 << 30);
+    } catch (const UsageError& e) {  // a fault of the model file, not of the command line
+        throw UserError(path + ": " + e.what());
+    }
     const std::string& size = m.props["input_size"];
     if (size != "dynamic") {
         int h = 0, w = 0;

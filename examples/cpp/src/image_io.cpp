@@ -11,10 +11,15 @@
 #include <memory>
 
 #include <jpeglib.h>
+// after jpeglib.h, which it needs: the message codes (JWRN_JPEG_EOF)
+#include <jerror.h>
 #include <png.h>
 
 namespace bagcams {
 namespace {
+
+// Pillow's decompression-bomb bound (2 x Image.MAX_IMAGE_PIXELS): the Python side refuses the same files.
+constexpr double kMaxImagePixels = 2.0 * 89478485;
 
 struct FileCloser {
     void operator()(std::FILE* f) const {
@@ -87,6 +92,11 @@ RgbImage read_png(const std::string& path, std::FILE* f) {
         png_set_gray_to_rgb(s.png);
     png_set_interlace_handling(s.png);
     png_read_update_info(s.png, s.info);
+    if (static_cast<double>(png_get_image_width(s.png, s.info)) * png_get_image_height(s.png, s.info) >
+        kMaxImagePixels)
+        throw ImageError("image " + path + " is too large to decode safely (" +
+                         std::to_string(png_get_image_width(s.png, s.info)) + "x" +
+                         std::to_string(png_get_image_height(s.png, s.info)) + ")");
 
     img.width = static_cast<int>(png_get_image_width(s.png, s.info));
     img.height = static_cast<int>(png_get_image_height(s.png, s.info));
@@ -139,6 +149,7 @@ struct JpegError {
     jpeg_error_mgr mgr;
     std::jmp_buf jump;
     char message[JMSG_LENGTH_MAX];
+    bool truncated = false;  // libjpeg pads a cut-off file with grey and only warns (JWRN_JPEG_EOF)
 };
 
 void jpeg_error_exit(j_common_ptr cinfo) {
@@ -153,6 +164,10 @@ RgbImage read_jpeg(const std::string& path, std::FILE* f) {
     cinfo.err = jpeg_std_error(&err.mgr);
     err.mgr.error_exit = jpeg_error_exit;
     err.mgr.output_message = [](j_common_ptr) {};  // warnings stay quiet, as in Pillow
+    err.mgr.emit_message = [](j_common_ptr c, int level) {
+        // a truncated file is an error, as in Pillow ("image file is truncated"), not a grey-padded image
+        if (level < 0 && c->err->msg_code == JWRN_JPEG_EOF) reinterpret_cast<JpegError*>(c->err)->truncated = true;
+    };
     RgbImage img;
     std::vector<std::uint8_t> pixels;
     if (setjmp(err.jump)) {
@@ -167,6 +182,11 @@ RgbImage read_jpeg(const std::string& path, std::FILE* f) {
         throw ImageError("cannot read image " + path + ": CMYK JPEG is not supported; convert it to RGB");
     }
     cinfo.out_color_space = JCS_RGB;  // grey is replicated, YCbCr converted with libjpeg's defaults
+    if (static_cast<double>(cinfo.image_width) * cinfo.image_height > kMaxImagePixels) {
+        jpeg_destroy_decompress(&cinfo);
+        throw ImageError("image " + path + " is too large to decode safely (" + std::to_string(cinfo.image_width) +
+                         "x" + std::to_string(cinfo.image_height) + ")");
+    }
     jpeg_start_decompress(&cinfo);
     const int w = static_cast<int>(cinfo.output_width), h = static_cast<int>(cinfo.output_height);
     pixels.resize(static_cast<size_t>(w) * h * 3);
@@ -176,6 +196,7 @@ RgbImage read_jpeg(const std::string& path, std::FILE* f) {
     }
     jpeg_finish_decompress(&cinfo);
     jpeg_destroy_decompress(&cinfo);
+    if (err.truncated) throw ImageError("cannot read image " + path + ": image file is truncated");
     img.width = w;
     img.height = h;
     img.pixels = std::move(pixels);
