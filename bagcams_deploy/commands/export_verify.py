@@ -101,6 +101,8 @@ def verify(
     name = backend or ("tensorrt" if is_plan else default_backend())
     if name == "torch-reference":
         raise BagcamsError("torch-reference is the reference itself; choose the backend under test (--backend)")
+    if exact and not name.startswith("ort-"):
+        raise BagcamsError(f"--exact turns ONNX Runtime's optimisations off; {name} is not an ONNX Runtime backend")
     if name in GRAPH_BACKENDS:
         check_model_kind(name, model_path)
     info = read_model_info(model_path)
