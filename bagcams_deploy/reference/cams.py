@@ -111,13 +111,14 @@ def score_factor(scores: Tensor, method: str) -> Tensor:
 
 
 def check_images(model: WSOLModel, images: Tensor) -> Tensor:
-    """The batch as the model's float32, or a clear error (integer pixels are not normalised images)."""
+    """The batch in the model's float type, or a clear error (integer pixels are not normalised images)."""
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise BagcamsError(f"images must be a float tensor [N, 3, H, W], got {shape}")
     if not images.is_floating_point():
         raise BagcamsError(f"images must be normalised floating point (see preprocess), got {images.dtype}")
-    images = images.float()
+    model_dtype = next(model.parameters()).dtype  # float32, or float64 for the exactness tests
+    images = images.to(model_dtype)
     if images.shape[0] == 0:
         raise BagcamsError("no images given (batch of size 0)")
     side = min(images.shape[2:])
