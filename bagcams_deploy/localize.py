@@ -49,8 +49,11 @@ def localize_images(
         raise BagcamsError(f"batch_size must be a positive integer, got {batch_size!r}")
     if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
         raise BagcamsError(f"threshold must be in [0, 1] (or None for Otsu's), got {threshold}")
-    if class_id is not None and (isinstance(class_id, bool) or not isinstance(class_id, int | np.integer)):
-        raise BagcamsError(f"class_id must be an integer, got {class_id!r}")
+    if class_id is not None:
+        value = np.asarray(class_id.detach().cpu() if hasattr(class_id, "detach") else class_id)
+        if value.ndim != 0 or value.dtype.kind not in "iu":
+            raise BagcamsError(f"class_id must be an integer, got {class_id!r}")
+        class_id = int(value)
     check_distinct_stems(paths)
     output_dir(out, "output folder")
     spec = backend.spec

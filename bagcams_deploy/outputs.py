@@ -52,7 +52,7 @@ def check_distinct_stems(paths: list[Path]) -> None:
     seen: dict[str, Path] = {}
     for p in paths:
         other = seen.setdefault(p.stem, p)
-        if other is not p:
+        if other.resolve() != p.resolve():
             raise BagcamsError(
                 f"{other} and {p} would both write {p.stem}.npy and {p.stem}_overlay.png: "
                 "rename one, or run them into different --out folders"

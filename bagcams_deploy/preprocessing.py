@@ -104,5 +104,7 @@ def expand_image_paths(inputs: Sequence[str | Path]) -> list[Path]:
             raise BagcamsError(f"no such image file or folder: {p}")
     if not out:
         raise BagcamsError("no image files found in " + ", ".join(str(i) for i in inputs))
-    unique = {p.resolve(): p for p in reversed(out)}  # a file named twice (or also by its folder) runs once
-    return list(reversed(unique.values()))
+    unique: dict[Path, Path] = {}
+    for p in out:  # a file named twice (or also by its folder) runs once, where it was first named
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())

@@ -263,7 +263,7 @@ def verify_backend(
     """Run ``backend`` and the reference on the same fresh random (+ given) images and compare."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise BagcamsError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(num_random, int):
+    if isinstance(num_random, bool) or not isinstance(num_random, int | np.integer):
         raise BagcamsError(f"num_random must be an integer, got {num_random!r}")
     spec = backend.spec
     if spec.architecture != model.architecture or spec.num_classes != model.num_classes:

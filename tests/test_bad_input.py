@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -423,8 +424,12 @@ def test_torch_backends_must_match_the_graph_they_are_paired_with(base):
         create_backend("torch-reference", model=load_model(base["ckpt"]), graph=base["graph"], method="gradcam")
     with pytest.raises(BagcamsError, match="needs a loaded model"):
         create_backend("torch-reference", model=str(base["ckpt"]))
-    with pytest.raises(BagcamsError, match="threads must be a positive integer"):
+    with pytest.raises(BagcamsError, match="threads must be a non-negative integer"):
         create_backend("ort-cpu", graph=base["graph"], threads=-1)
+    for threads in (0, np.int64(1)):  # 0: the runtime's default, as in the C++ example
+        assert create_backend("ort-cpu", graph=base["graph"], threads=threads).infer(
+            np.zeros((1, 3, 64, 64), np.float32)
+        )["cam"].shape == (1, 1, 64, 64)
     with pytest.raises(BagcamsError, match="unknown device"):
         create_backend("torch-analytic", model=load_model(base["ckpt"]), device="tpu")
 
@@ -459,3 +464,32 @@ def test_data_set_and_training_scripts_check_options_before_work(tmp_path, capsy
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the shipped model is only replaced when asked for by name
         train_main([])
+
+
+def test_inputs_keep_the_order_they_were_first_named_in(tmp_path):
+    from bagcams_deploy.preprocessing import expand_image_paths
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for name in "abc":
+        write_image(folder / f"{name}.png")
+    assert [p.name for p in expand_image_paths([folder, folder / "b.png"])] == ["a.png", "b.png", "c.png"]
+    named = [folder / "a.png", folder / "c.png", folder / "." / "a.png"]
+    assert [p.name for p in expand_image_paths(named)] == ["a.png", "c.png"]
+
+
+def test_numpy_and_torch_scalars_are_integers_too(base, tmp_path):
+    from bagcams_deploy.export.onnx_export import export_onnx
+    from bagcams_deploy.localize import localize_images
+    from bagcams_deploy.runtime import create_backend
+
+    model = load_model(base["ckpt"])
+    r = export_onnx(model, tmp_path / "a.onnx", input_size=np.array([64, 64]), opset=np.int64(18))
+    assert r.opset == 18
+    b = create_backend("ort-cpu", graph=r.path)
+    for class_id in (np.array(2), torch.tensor(2), np.int32(2)):
+        recs = localize_images(b, [base["imgs"] / "a.png"], tmp_path / "o", class_id=class_id)
+        assert recs[0]["class_id"] == 2
+    same = base["imgs"] / "a.png"
+    # the library runs what it is given: one file twice is not a clash of two files
+    assert len(localize_images(b, [same, Path(str(same))], tmp_path / "o2")) == 2

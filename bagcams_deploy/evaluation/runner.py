@@ -170,7 +170,7 @@ def evaluate_backend(
 
     if not isinstance(batch_size, int) or batch_size < 1:
         raise BagcamsError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | np.integer) or limit < 1):
         raise BagcamsError(f"limit must be a positive integer (or None for all), got {limit!r}")
     output_dir(Path(save_maps) if save_maps else None, "save_maps")
     spec = backend.spec

@@ -44,6 +44,8 @@ MAX_INPUT_SIDE = 4096  # beyond this the export's example pass alone needs tens 
 def _input_size(input_size: object) -> tuple[int, int]:
     """An int (square) or an (H, W) pair of positive integers, or a clear error."""
     pair = (input_size, input_size) if isinstance(input_size, int | np.integer) else input_size
+    if isinstance(pair, np.ndarray | torch.Size):
+        pair = tuple(pair.tolist()) if isinstance(pair, np.ndarray) else tuple(pair)
     ok = isinstance(pair, tuple | list) and len(pair) == 2
     ok = ok and all(
         isinstance(v, int | np.integer) and not isinstance(v, bool) and 0 < v <= MAX_INPUT_SIDE for v in pair
@@ -143,7 +145,7 @@ def export_onnx(
             f"model must be a WSOLModel (see bagcams_deploy.models.load_model), got {type(model).__name__}"
         )
     output_file(Path(output), "output")
-    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)):
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int | np.integer)):
         raise BagcamsError(f"opset must be an integer, got {opset!r}")
     if opset is None:  # the default: 18, or the first opset whose convolutions take bfloat16
         opset = BF16_MIN_OPSET if precision == "bf16" else DEFAULT_OPSET

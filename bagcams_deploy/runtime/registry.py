@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ..errors import BagcamsError
 from .base import Backend
 
@@ -49,8 +51,10 @@ def check_model_kind(name: str, path: str | Path) -> None:
 def _graph_backend(name: str, path: str, threads: int | None, exact: bool) -> Backend:
     module_name, cls_name, _ = GRAPH_BACKENDS[name]
     check_model_kind(name, path)
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise BagcamsError(f"threads must be a positive integer, got {threads!r}")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 0:
+            raise BagcamsError(f"threads must be a non-negative integer (0: the runtime's default), got {threads!r}")
+        threads = int(threads)
     try:
         module = importlib.import_module(f"{__package__}.{module_name}")
     except ImportError as exc:
@@ -88,8 +92,8 @@ def create_backend(
 
         if not isinstance(model, WSOLModel):
             raise BagcamsError(f"backend {name} needs a loaded model (models.load_model), got {type(model).__name__}")
-        if threads is not None and threads < 1:
-            raise BagcamsError(f"threads must be a positive integer, got {threads}")
+        if threads is not None and threads < 0:
+            raise BagcamsError(f"threads must be a non-negative integer (0: the runtime's default), got {threads}")
         try:
             torch.device(device)
         except RuntimeError:
