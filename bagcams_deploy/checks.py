@@ -10,21 +10,23 @@ from .errors import BagcamsError
 FLOAT_OUTPUTS = ("logits", "features", "gradients", "cam")
 
 
-class NonFiniteOutputError(BagcamsError):
-    """NaN or Inf in a model's outputs; ``indices`` are the affected images' places in the batch, so a
-    caller that knows the files can name them (:func:`name_non_finite`)."""
+_WHY = "the model's weights are invalid or overflow float range on these inputs"
 
-    def __init__(self, message: str, indices: list[int]) -> None:
-        super().__init__(message)
-        self.indices = indices
+
+class NonFiniteOutputError(BagcamsError):
+    """NaN or Inf in output ``key`` of backend ``name``; ``indices`` are the affected images' places in
+    the batch, so a caller that knows the files can name them (:func:`name_non_finite`)."""
+
+    def __init__(self, name: str, key: str, indices: list[int]) -> None:
+        super().__init__(f"{name}: {key} is NaN or infinite for image(s) {indices[:8]} of the batch: {_WHY}")
+        self.name, self.key, self.indices = name, key, indices
 
 
 def name_non_finite(exc: NonFiniteOutputError, names: list[str]) -> BagcamsError:
     """The same error naming the files of the batch instead of their places in it."""
     files = ", ".join(str(names[i]) for i in exc.indices[:4] if i < len(names))
     more = f" (+{len(exc.indices) - 4} more)" if len(exc.indices) > 4 else ""
-    return BagcamsError(f"{str(exc).split(' for image(s) ')[0]} for {files}{more}: the model's weights are "
-                        "invalid or overflow float range on these inputs")  # fmt: skip
+    return BagcamsError(f"{exc.name}: {exc.key} is NaN or infinite for {files}{more}: {_WHY}")
 
 
 def check_finite_outputs(name: str, outputs: dict) -> None:
@@ -36,8 +38,4 @@ def check_finite_outputs(name: str, outputs: dict) -> None:
         v = v.detach().float().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)  # torch bf16 too
         if v.dtype.kind == "f" and not np.isfinite(v).all():
             bad = np.nonzero(~np.isfinite(v.reshape(len(v), -1)).all(axis=1))[0].tolist()
-            raise NonFiniteOutputError(
-                f"{name}: {key} is NaN or infinite for image(s) {bad[:8]} of the batch: the model's weights "
-                "are invalid or overflow float range on these inputs",
-                bad,
-            )
+            raise NonFiniteOutputError(name, key, bad)

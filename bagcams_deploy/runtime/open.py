@@ -7,7 +7,14 @@ from pathlib import Path
 from ..errors import BagcamsError
 from ..export.contract import GraphInfo, read_graph_info
 from .base import Backend
-from .registry import PLAN_SUFFIXES, create_backend, default_backend
+from .registry import (
+    GRAPH_BACKENDS,
+    PLAN_SUFFIXES,
+    check_graph_computes,
+    check_model_kind,
+    create_backend,
+    default_backend,
+)
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
 
@@ -57,19 +64,19 @@ def open_model(
         raise BagcamsError(f"model not found: {path}")
     suffix = path.suffix.lower()
     if suffix in (".onnx", *PLAN_SUFFIXES):
-        if suffix == ".onnx":
-            name = backend or default_backend()
-            use_torch = name.startswith("torch") and checkpoint
-            torch_model = load_checkpoint_for(checkpoint, read_model_info(path)) if use_torch else None
-            b = create_backend(name, graph=path, model=torch_model, threads=threads, exact=exact, device=device)
-        else:
-            b = create_backend(backend or "tensorrt", graph=path, threads=threads)
-        check_graph_computes(b, method, target_layer, path)
-        recorded = read_model_info(path).large_feature_map
+        name = backend or ("tensorrt" if suffix != ".onnx" else default_backend())
+        if name in GRAPH_BACKENDS:
+            check_model_kind(name, path)  # a plan for an ONNX backend (or the reverse) is named first
+        info = read_model_info(path)
+        check_graph_computes(info, method, target_layer, path)
+        recorded = info.large_feature_map
         if large_feature_map is not None and recorded is not None and recorded != large_feature_map:
             size = "large" if recorded else "small"
             raise BagcamsError(f"{path} was exported from a {size}-feature-map model; the option contradicts it")
-        return b
+        if suffix != ".onnx":
+            return create_backend(name, graph=path, threads=threads)
+        torch_model = load_checkpoint_for(checkpoint, info) if name.startswith("torch") and checkpoint else None
+        return create_backend(name, graph=path, model=torch_model, threads=threads, exact=exact, device=device)
     if suffix in CHECKPOINT_SUFFIXES or path.name.endswith(".pth.tar"):
         name = backend or "torch-reference"
         if not name.startswith("torch"):
@@ -82,17 +89,3 @@ def open_model(
     raise BagcamsError(
         f"cannot tell what {path} is: expected .onnx, .plan or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
     )
-
-
-def check_graph_computes(backend: Backend, method: str | None, target_layer: str | None, path: Path) -> None:
-    """Refuse a ``--method``/``--target-layer`` that the exported graph does not compute."""
-    spec = backend.spec
-    if method is not None and method != spec.method:
-        raise BagcamsError(
-            f"{path} computes {spec.method}, not {method}: export a {method} graph, or pass the checkpoint"
-        )
-    if target_layer is not None and target_layer != spec.target_layer:
-        raise BagcamsError(
-            f"{path} maps {spec.target_layer}, not {target_layer}: export at --target-layer {target_layer}, "
-            "or pass the checkpoint"
-        )

@@ -14,6 +14,7 @@ from ..errors import BagcamsError
 from .base import Backend
 
 if TYPE_CHECKING:  # graph backends must not pull torch into a deployment process
+    from ..export.contract import GraphInfo
     from ..models.wsol import WSOLModel
 
 # name -> (module, class, what it runs on)
@@ -48,13 +49,31 @@ def check_model_kind(name: str, path: str | Path) -> None:
         raise BagcamsError(f"{path} is a TensorRT plan: backend {name} runs the .onnx graph; use a tensorrt backend")
 
 
+def check_graph_computes(info: GraphInfo, method: str | None, target_layer: str | None, path: object) -> None:
+    """Refuse a method or target layer that an exported graph does not compute: both are fixed at
+    export, and a map of something else must not come back silently."""
+    if method is not None and method != info.method:
+        raise BagcamsError(
+            f"{path} computes {info.method}, not {method}: export a {method} graph, or pass the checkpoint"
+        )
+    if target_layer is not None and target_layer != info.target_layer:
+        raise BagcamsError(
+            f"{path} maps {info.target_layer}, not {target_layer}: export at --target-layer {target_layer}, "
+            "or pass the checkpoint"
+        )
+
+
+def _checked_threads(threads: object) -> int | None:
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 0:
+        raise BagcamsError(f"threads must be a non-negative integer (0: the runtime's default), got {threads!r}")
+    return int(threads)
+
+
 def _graph_backend(name: str, path: str, threads: int | None, exact: bool) -> Backend:
     module_name, cls_name, _ = GRAPH_BACKENDS[name]
     check_model_kind(name, path)
-    if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 0:
-            raise BagcamsError(f"threads must be a non-negative integer (0: the runtime's default), got {threads!r}")
-        threads = int(threads)
     try:
         module = importlib.import_module(f"{__package__}.{module_name}")
     except ImportError as exc:
@@ -79,6 +98,7 @@ def create_backend(
 ) -> Backend:
     """Build backend ``name``. Graph backends need ``graph``; torch backends need ``model`` and take the
     method, target layer and input size from ``graph``'s metadata when one is given."""
+    threads = _checked_threads(threads)
     if name in GRAPH_BACKENDS:
         if graph is None:
             raise BagcamsError(f"backend {name} needs an exported model (.onnx or .plan)")
@@ -92,14 +112,12 @@ def create_backend(
 
         if not isinstance(model, WSOLModel):
             raise BagcamsError(f"backend {name} needs a loaded model (models.load_model), got {type(model).__name__}")
-        if threads is not None and threads < 0:
-            raise BagcamsError(f"threads must be a non-negative integer (0: the runtime's default), got {threads}")
         try:
             torch.device(device)
         except RuntimeError:
             raise BagcamsError(f"unknown device {device!r}; e.g. cpu, cuda, cuda:1") from None
         size = None
-        if graph is not None and str(graph).lower().endswith((".onnx", ".plan", ".engine")):
+        if graph is not None and str(graph).lower().endswith((".onnx", *PLAN_SUFFIXES)):
             from .open import read_model_info
 
             info = read_model_info(graph)
@@ -108,10 +126,7 @@ def create_backend(
                     f"the model does not match {graph}: it is {model.architecture} with {model.num_classes} "
                     f"classes, the graph {info.architecture} with {info.num_classes}"
                 )
-            for what, asked, fixed in (("method", method, info.method), ("target layer", target_layer,
-                                                                           info.target_layer)):  # fmt: skip
-                if asked is not None and asked != fixed:
-                    raise BagcamsError(f"{graph} computes {fixed}, not {asked} ({what} is fixed at export)")
+            check_graph_computes(info, method, target_layer, graph)
             method, target_layer, size = info.method, info.target_layer, info.input_size
         if threads:
             torch.set_num_threads(threads)
