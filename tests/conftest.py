@@ -4,7 +4,10 @@ their checkpoints on disk, and an in-process CLI runner that goes through the re
 from __future__ import annotations
 
 import io
+import shutil
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,16 @@ def models() -> dict[str, torch.nn.Module]:
 def checkpoints(models, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ckpt")
     return {arch: save_checkpoint(m, root / f"{arch}.pth") for arch, m in models.items()}
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory) -> Iterator[Callable[[str], Path]]:
+    """``module_tmp(name)`` makes a fresh folder for one module's shared files, deleted when the
+    module ends: an exported graph is 40-180 MB, and a suite that kept every module's graphs to the
+    end once filled CI's disk."""
+    root = tmp_path_factory.mktemp("module")
+    yield lambda name: Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass

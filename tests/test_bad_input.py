@@ -23,8 +23,8 @@ from .test_cli import assert_one_line_error, write_image
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad")
+def base(module_tmp):
+    root = module_tmp("bad")
     model = build_model("resnet18", 7, seed=5, randomize_batchnorm=True)
     ckpt = save_checkpoint(model, root / "m.pth")
     graph = root / "m.onnx"
@@ -198,8 +198,8 @@ def test_small_feature_map_is_recorded_in_the_graph_and_followed_by_verify(cli, 
 
 # --- evaluation inputs ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ds")
+def dataset(module_tmp):
+    root = module_tmp("ds")
     return write_dataset(root / "scenes", {"train": 0, "val": 0, "test": 3}, seed=7, size=96)
 
 

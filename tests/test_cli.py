@@ -80,10 +80,10 @@ def test_cam_bad_inputs(cli, checkpoints, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def exported(checkpoints, tmp_path_factory):
+def exported(checkpoints, module_tmp):
     from .conftest import run_cli
 
-    path = tmp_path_factory.mktemp("exp") / "r18.onnx"
+    path = module_tmp("exp") / "r18.onnx"
     r = run_cli("export", checkpoints["resnet18"], "-o", path, "--input-size", "64", "--target-layer", "layer3")
     assert r.code == 0, r.err
     assert "bagcams at layer3" in r.out

@@ -43,9 +43,9 @@ def _run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def binary(tmp_path_factory) -> Path:
+def binary(module_tmp) -> Path:
     """Configure and build examples/cpp once (Release, -j2)."""
-    build = Path(os.environ.get("BAGCAMS_CPP_BUILD_DIR") or tmp_path_factory.mktemp("cpp_build"))
+    build = Path(os.environ.get("BAGCAMS_CPP_BUILD_DIR") or module_tmp("cpp_build"))
     prefix = _run([sys.executable, "-m", "bagcams_deploy.cpp_support", "--cmake-prefix"])
     assert prefix.returncode == 0, prefix.stderr
     configure = _run(
@@ -61,12 +61,12 @@ def binary(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def graph(tmp_path_factory) -> Path:
+def graph(module_tmp) -> Path:
     from bagcams_deploy.export.onnx_export import export_onnx
     from bagcams_deploy.models import build_model
 
     model = build_model("resnet18", NUM_CLASSES, seed=0, randomize_batchnorm=True)
-    path = tmp_path_factory.mktemp("cpp_graph") / "resnet18_bagcams.onnx"
+    path = module_tmp("cpp_graph") / "resnet18_bagcams.onnx"
     export_onnx(model, path, method="bagcams", target_layer="layer3", input_size=SIZE)
     return path
 
@@ -82,10 +82,10 @@ def _scene(h: int, w: int, seed: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory) -> list[Path]:
+def images(module_tmp) -> list[Path]:
     from PIL import Image
 
-    d = tmp_path_factory.mktemp("cpp_images")
+    d = module_tmp("cpp_images")
     files = {
         "at_size.png": Image.fromarray(_scene(SIZE, SIZE, 0)),
         "wide.png": Image.fromarray(_scene(301, 457, 1)),  # shrink: antialiased resampling

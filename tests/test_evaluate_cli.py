@@ -17,8 +17,8 @@ from .test_cli import assert_one_line_error
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
+def setup(module_tmp):
+    root = module_tmp("eval")
     data = write_dataset(root / "scenes", {"train": 0, "val": 0, "test": 6}, seed=4, size=96)
     model = build_model("resnet18", 10, seed=2, randomize_batchnorm=True)
     ckpt = save_checkpoint(model, root / "m.pth")

@@ -8,6 +8,8 @@ the export's (N=1 at export, N=3 here), so a graph that froze anything to its ex
 from __future__ import annotations
 
 import zlib
+from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -48,18 +50,25 @@ def assert_maps_agree(got, ref, min_pearson=0.9995, pixel_delta=0.01, min_iou=0.
 
 
 @pytest.fixture(scope="module")
-def graphs(models, tmp_path_factory):
-    root = tmp_path_factory.mktemp("onnx")
-    cache: dict = {}
+def graphs(models, module_tmp):
+    """Exports on demand and keeps the few most recent graphs (each is 40-180 MB; all 26 at once
+    filled CI's disk). A path stays valid until the next ``get``."""
+    root = module_tmp("onnx")
+    cache: OrderedDict = OrderedDict()
+    keep = 3
 
     def get(arch: str, method: str, layer: str | None, **kwargs):
         key = (arch, method, layer, tuple(sorted(kwargs.items())))
-        if key not in cache:
-            path = root / f"{arch}-{method}-{layer}-{len(cache)}.onnx"
-            kwargs.setdefault("input_size", TEST_SIZE[arch])
-            export_onnx(models[arch], path, method=method, target_layer=layer, **kwargs)
-            cache[key] = path
-        return cache[key]
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        while len(cache) >= keep:
+            cache.popitem(last=False)[1].unlink()
+        path = root / f"{arch}-{method}-{layer}-{'-'.join(f'{k}={v}' for k, v in key[3])}.onnx"
+        kwargs.setdefault("input_size", TEST_SIZE[arch])
+        export_onnx(models[arch], path, method=method, target_layer=layer, **kwargs)
+        cache[key] = path
+        return path
 
     return get
 
@@ -170,6 +179,7 @@ def _reorders_in_onnx_runtime_plan(path, tmp_path) -> int:
     opts.log_severity_level = 3
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     plan = onnx.load(opts.optimized_model_filepath, load_external_data=False)
+    Path(opts.optimized_model_filepath).unlink()
     return sum(n.op_type in ("ReorderInput", "ReorderOutput") for n in plan.graph.node)
 
 

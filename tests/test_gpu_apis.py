@@ -140,8 +140,8 @@ def test_tensorrt_release_gate():
 
 
 @pytest.fixture(scope="module")
-def bindings_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("trt-bindings")
+def bindings_cache(module_tmp) -> Path:
+    return module_tmp("trt-bindings")
 
 
 @pytest.mark.parametrize("version", check_gpu_apis.DEFAULT_TENSORRT)

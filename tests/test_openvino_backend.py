@@ -20,12 +20,12 @@ NUM_CLASSES = 6
 
 
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory) -> dict[str, Path]:
+def graphs(module_tmp) -> dict[str, Path]:
     from bagcams_deploy.export.onnx_export import export_onnx
     from bagcams_deploy.models import build_model
 
     model = build_model("resnet18", NUM_CLASSES, seed=3, randomize_batchnorm=True)
-    root = tmp_path_factory.mktemp("ov_graphs")
+    root = module_tmp("ov_graphs")
     out = {}
     for method in ("bagcams", "cam"):
         out[method] = root / f"{method}.onnx"

@@ -82,8 +82,8 @@ def test_plan_without_record_or_with_tampered_bytes_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_graph(models, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("trt") / "r18.onnx"
+def small_graph(models, module_tmp) -> Path:
+    out = module_tmp("trt") / "r18.onnx"
     export_onnx(models["resnet18"], out, method="bagcams", target_layer="layer3", input_size=TEST_SIZE["resnet18"])
     return out
 
@@ -115,10 +115,10 @@ def test_plan_backends_refuse_a_plan_without_record(cli, tmp_path, checkpoints):
 
 
 @pytest.fixture(scope="module")
-def engines(small_graph, models, tmp_path_factory):
+def engines(small_graph, models, module_tmp):
     from bagcams_deploy.runtime.tensorrt_build import build_engine
 
-    root = tmp_path_factory.mktemp("plans")
+    root = module_tmp("plans")
     nocam = root / "r18_nocam.onnx"
     export_onnx(models["resnet18"], nocam, method="bagcams", target_layer="layer3",
                 input_size=TEST_SIZE["resnet18"], with_cam=False)  # fmt: skip

@@ -74,8 +74,8 @@ def fake_plan(graph: Path, plan: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def graphs(models, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("fake-trt")
+def graphs(models, module_tmp) -> dict[str, Path]:
+    root = module_tmp("fake-trt")
     out = {}
     for key, kwargs in {"cam": {}, "nocam": {"with_cam": False}, "fp16": {"precision": "fp16"},
                         "fp16_nocam": {"precision": "fp16", "with_cam": False}}.items():  # fmt: skip
