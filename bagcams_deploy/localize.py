@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -10,7 +11,7 @@ import numpy as np
 
 from .checks import NonFiniteOutputError, name_non_finite
 from .errors import BagcamsError
-from .evaluation.boxes import boxes_from_scoremap
+from .evaluation.boxes import object_boxes
 from .outputs import check_distinct_stems, output_dir
 from .preprocessing import load_image, preprocess
 from .runtime.base import Backend, score_maps
@@ -31,6 +32,44 @@ def otsu_threshold(score_map: np.ndarray) -> float:
     return float(t) / float(img.max())
 
 
+BOX_FORMAT = "x0,y0,x1,y1: inclusive pixel edges in the original image"
+
+
+def output_names(path: Path) -> tuple[str, str]:
+    """The map and overlay file names ``localize`` writes for one image."""
+    return f"{path.stem}.npy", f"{path.stem}_overlay.png"
+
+
+def earlier_outputs(out: Path) -> set[Path]:
+    """The files an earlier ``localize`` run wrote into ``out``, as its ``boxes.json`` lists them."""
+    index = out / "boxes.json"
+    if not index.is_file():
+        return set()
+    try:
+        names: list[str] = []
+        for r in json.loads(index.read_text())["images"]:
+            names += [r["map"], r["overlay"]] if "map" in r else output_names(Path(r["image"]))
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        raise BagcamsError(f"{index} was not written by localize; choose another output folder") from None
+    return {out / n for n in names if isinstance(n, str) and Path(n).name == n} | {index}
+
+
+def _check_outputs(paths: list[Path], out: Path) -> set[Path]:
+    """Refuse a run that would overwrite one of its inputs or read an earlier run's outputs as images;
+    return the earlier run's files (replaced by this run, so the folder holds one run only)."""
+    earlier = earlier_outputs(out)
+    planned = {out / n for p in paths for n in output_names(p)} | {out / "boxes.json"}
+    earlier_real = {q.resolve() for q in earlier}
+    planned_real = {q.resolve() for q in planned}
+    for p in paths:
+        real = p.resolve()
+        if real in earlier_real:
+            raise BagcamsError(f"{p} is an output of an earlier localize run in {out}; write to another folder")
+        if real in planned_real:
+            raise BagcamsError(f"{p} would be overwritten by an output of this run; write to another folder")
+    return earlier
+
+
 def localize_images(
     backend: Backend,
     paths: list[Path],
@@ -39,11 +78,12 @@ def localize_images(
     multi_contour: bool = False,
     class_id: int | None = None,
     batch_size: int = 8,
-    on_batch=None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """Per image: ``<stem>.npy`` (the map at the original image size), ``<stem>_overlay.png`` and a
-    record (class, score, probability, boxes in original-image pixels); ``threshold=None`` = Otsu.
-    Writes ``boxes.json`` with all records and returns them."""
+    record (class, score, probability, boxes as :data:`BOX_FORMAT`); ``threshold=None`` = Otsu.
+    Writes ``boxes.json`` with all records and returns them. The folder holds one run: the files an
+    earlier run listed in its ``boxes.json`` are removed first; other files are left alone."""
     paths, out = [Path(p) for p in paths], Path(out)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise BagcamsError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -56,10 +96,45 @@ def localize_images(
         class_id = int(value)
     check_distinct_stems(paths)
     output_dir(out, "output folder")
+    earlier = _check_outputs(paths, out)
+    spec = backend.spec
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in earlier:
+        stale.unlink(missing_ok=True)
+    records: list[dict] = []
+    doc = {
+        "method": spec.method,
+        "target_layer": spec.target_layer,
+        "backend": backend.name,
+        "threshold": "otsu" if threshold is None else threshold,
+        "multi_contour": bool(multi_contour),
+        "box_format": BOX_FORMAT,
+        "complete": False,
+        "images": records,
+    }
+    try:
+        _localize(backend, paths, out, threshold, multi_contour, class_id, batch_size, on_batch, records)
+        doc["complete"] = True
+    finally:  # an interrupted run still lists what it wrote, so the next run can replace it
+        if records or doc["complete"]:
+            (out / "boxes.json").write_text(json.dumps(doc, indent=2))
+    return records
+
+
+def _localize(
+    backend: Backend,
+    paths: list[Path],
+    out: Path,
+    threshold: float | None,
+    multi_contour: bool,
+    class_id: int | None,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None,
+    records: list[dict],
+) -> None:
+    """The batches of :func:`localize_images`, appending each image's record as its files are written."""
     spec = backend.spec
     size = spec.input_size or (224, 224)
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         rgbs = [load_image(p) for p in chunk]
@@ -75,25 +150,17 @@ def localize_images(
             h, w = rgb.shape[:2]
             full = resize_map(maps[k, 0], (h, w))
             t = otsu_threshold(full) if threshold is None else threshold
-            boxes = [
-                list(map(int, b)) for b in boxes_from_scoremap(full, t, multi_contour) if b[2] > b[0] or b[3] > b[1]
-            ]
+            boxes = object_boxes(full, t, multi_contour)
             c = int(res["class_id_used"][k])
             prob = float(softmax(logits[k])[c])
             name = spec.class_names[c] if spec.class_names and c < len(spec.class_names) else f"class {c}"
-            np.save(out / f"{p.stem}.npy", full.astype(np.float32))
-            save_png(out / f"{p.stem}_overlay.png", render_overlay(rgb, full, boxes, f"{name} {prob:.2f}"))
+            map_name, overlay_name = output_names(p)
+            np.save(out / map_name, full.astype(np.float32))
+            save_png(out / overlay_name, render_overlay(rgb, full, boxes, f"{name} {prob:.2f}"))
             records.append({
                 "image": str(p), "class_id": c, "class_name": name, "score": float(logits[k, c]),
                 "probability": prob, "threshold": float(t), "boxes": boxes, "image_size": [w, h],
+                "map": map_name, "overlay": overlay_name,
             })  # fmt: skip
         if on_batch:
             on_batch(len(chunk))
-    doc = {
-        "method": spec.method,
-        "target_layer": spec.target_layer,
-        "backend": backend.name,
-        "images": records,
-    }
-    (out / "boxes.json").write_text(json.dumps(doc, indent=2))
-    return records

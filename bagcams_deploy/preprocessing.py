@@ -6,51 +6,22 @@ PIL image; no crop), scale to [0, 1], normalise with the ImageNet mean/std, NCHW
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .errors import BagcamsError
+from .images import MIN_IMAGE_SIDE, load_image
+
+__all__ = ["MIN_IMAGE_SIDE", "load_image"]  # re-exported: the decoder lives in images.py
 
 MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 DEFAULT_SIZE = 224
-MIN_IMAGE_SIDE = 8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Read any PIL-readable file as RGB uint8 [H, W, 3] (grey, palette, alpha, CMYK, 16-bit converted)."""
-    path = Path(path)
-    if not path.is_file():
-        raise BagcamsError(f"image not found: {path}")
-    try:
-        with warnings.catch_warnings():
-            # large photos are fine (they are resized at once); only PIL's hard bomb limit is an error
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    arr = np.asarray(im, dtype=np.float64)
-                    hi = arr.max() if arr.size and arr.max() > 0 else 1.0
-                    im = Image.fromarray(np.uint8(np.clip(arr / hi * 255.0, 0, 255)))
-                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-                    im = im.convert("RGBA")
-                    background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                    im = Image.alpha_composite(background, im)
-                rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Image.DecompressionBombError as exc:
-        raise BagcamsError(f"image {path} is too large to decode safely ({str(exc).splitlines()[0][:120]})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise BagcamsError(f"cannot read image {path}: {str(exc).splitlines()[0][:120]}") from None
-    h, w = rgb.shape[:2]
-    if min(h, w) < MIN_IMAGE_SIDE:
-        raise BagcamsError(f"image {path} is too small ({w}x{h}); at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
-    return rgb
 
 
 def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

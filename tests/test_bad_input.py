@@ -259,6 +259,37 @@ def test_evaluation_reads_images_as_the_published_loader_does(tmp_path):
     assert got.shape == (50, 80, 3) and np.array_equal(got, expected)
 
 
+def test_evaluate_and_localize_decode_every_image_alike(tmp_path):
+    """One decoder: the published ``convert('RGB')`` where the data sets' modes are concerned (RGB,
+    grey, CMYK JPEGs), and the same composite-over-white / scale-by-maximum for alpha and 16-bit files
+    (``convert`` would keep the colour under transparent pixels and clip 16-bit values to white)."""
+    from bagcams_deploy.evaluation.metadata import load_image as evaluation_decode
+    from bagcams_deploy.images import load_image as decode
+
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    alpha = np.zeros((40, 60), np.uint8)
+    alpha[:, 30:] = 255
+    files = {
+        "rgb.png": Image.fromarray(rgb),
+        "grey.jpg": Image.fromarray(rgb[..., 0]),
+        "cmyk.jpg": Image.fromarray(rgb).convert("CMYK"),
+        "rgba.png": Image.fromarray(np.dstack([rgb, alpha])),
+        "grey16.png": Image.fromarray(rng.integers(0, 4000, (40, 60), dtype=np.uint16)),
+    }
+    for name, im in files.items():
+        im.save(tmp_path / name)
+        got = evaluation_decode(tmp_path, name)
+        assert np.array_equal(got, decode(tmp_path / name)), name
+        if name.endswith(".jpg") or name == "rgb.png":
+            with Image.open(tmp_path / name) as ref:
+                assert np.array_equal(got, np.asarray(ref.convert("RGB"))), name
+    rgba = evaluation_decode(tmp_path, "rgba.png")
+    assert (rgba[:, :30] == 255).all() and np.array_equal(rgba[:, 30:], rgb[:, 30:])  # transparent -> white
+    grey16 = evaluation_decode(tmp_path, "grey16.png")
+    assert grey16.max() == 255 and grey16.min() < 10 and len(np.unique(grey16)) > 200  # scaled, not clipped
+
+
 def test_a_nan_measure_fails_verification_rather_than_passing_every_bar():
     """Every comparison with NaN is False, so each bar is written to fail on NaN."""
     from bagcams_deploy.verify import Tolerances, compare_outputs

@@ -49,6 +49,10 @@ def test_evaluate_onnx_then_precomputed_maps_give_the_same_numbers(cli, setup, t
         assert main[k] is not None and 0 <= main[k] <= 100
         assert abs(main[k] - ref[k]) < 0.5  # deployment costs no localisation accuracy (in % points)
     assert "difference" in r.out and "| difference |" in report.with_suffix(".md").read_text()
+    assert "-0.00" not in r.out and "-0.00" not in report.with_suffix(".md").read_text()
+    # each run is timed on its own (they used to share the combined time)
+    assert runs[deployed]["seconds"] > 0 and runs["torch-reference"]["seconds"] > 0
+    assert runs[deployed]["seconds"] != runs["torch-reference"]["seconds"]
     assert len(list((tmp_path / "plots").glob("*.png"))) == 4
     saved = sorted(maps.rglob("*.npy"))
     assert len(saved) == 6 and np.load(saved[0]).shape == (224, 224)
@@ -196,3 +200,62 @@ def test_evaluate_maps_honours_limit(cli, setup, tmp_path):
     assert r2.code == 0, r2.err
     run = next(iter(json.loads(report.read_text())["runs"].values()))
     assert run["count"] == 3
+
+
+def test_evaluate_report_names_and_single_contour_label(cli, setup, tmp_path):
+    maps = tmp_path / "maps"
+    assert cli(*_args(setup, "--model", setup["graph"], "--save-maps", maps, "--limit", "3")).code == 0
+    # --report is the JSON; a .md name would have been overwritten by the Markdown table
+    for name in ("r.md", "r.MD"):
+        assert_one_line_error(cli(*_args(setup, "--maps", maps, "--limit", "3", "--report", tmp_path / name)),
+                              "names the JSON report")  # fmt: skip
+        assert not (tmp_path / name).exists()
+    report = tmp_path / "single.json"
+    r = cli(*_args(setup, "--maps", maps, "--limit", "3", "--single-contour", "--report", report))
+    assert r.code == 0, r.err
+    summary = next(iter(json.loads(report.read_text())["runs"].values()))["summary"]
+    # the mean over IoU 30/50/70 with the largest contour only is not MaxBoxAccV2 and is not called so
+    assert "MaxBoxAccV2" not in summary and "MaxBoxAccV2" not in report.with_suffix(".md").read_text()
+    assert summary["MaxBoxAcc 30/50/70 (largest contour)"] is not None and "largest contour" in r.out
+
+
+def test_localize_folder_holds_one_run(cli, setup, tmp_path):
+    """A second run into the same folder replaces the first run's files (only those) and never reads
+    them back as images or overwrites an input."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    srcs = sorted((setup["data"] / "images" / "test").glob("*.png"))[:3]
+    for src in srcs:
+        Image.open(src).save(imgs / src.name)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert cli("localize", imgs / srcs[0].name, imgs / srcs[1].name, "--model", setup["graph"], "--out", out).code == 0
+    r = cli("localize", imgs / srcs[1].name, imgs / srcs[2].name, "--model", setup["graph"], "--out", out,
+            "--multi-contour", "--auto")  # fmt: skip
+    assert r.code == 0, r.err
+    doc = json.loads((out / "boxes.json").read_text())
+    stems = [src.stem for src in srcs[1:]]
+    expected = {"boxes.json", "notes.txt", *(f"{s}.npy" for s in stems), *(f"{s}_overlay.png" for s in stems)}
+    assert {p.name for p in out.iterdir()} == expected
+    assert doc["complete"] and doc["threshold"] == "otsu" and doc["multi_contour"] and "inclusive" in doc["box_format"]
+    assert [rec["map"] for rec in doc["images"]] == [f"{s}.npy" for s in stems]
+    for rec in doc["images"]:
+        h, w = rec["image_size"][1], rec["image_size"][0]
+        for x0, y0, x1, y1 in rec["boxes"]:
+            assert 0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h
+    # outputs into the input folder: the first run works, a second would read its overlays as images
+    assert cli("localize", imgs, "--model", setup["graph"], "--out", imgs).code == 0
+    assert_one_line_error(
+        cli("localize", imgs, "--model", setup["graph"], "--out", imgs), "output of an earlier localize run"
+    )
+    # an input named like another input's overlay would be overwritten
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    Image.open(srcs[0]).save(clash / "a.png")
+    Image.open(srcs[0]).save(clash / "a_overlay.png")
+    assert_one_line_error(cli("localize", clash, "--model", setup["graph"], "--out", clash), "would be overwritten")
+    assert (clash / "a_overlay.png").exists() and not (clash / "boxes.json").exists()
+    (out / "boxes.json").write_text("not json")
+    assert_one_line_error(cli("localize", imgs / srcs[0].name, "--model", setup["graph"], "--out", out),
+                          "was not written by localize")  # fmt: skip

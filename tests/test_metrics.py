@@ -18,6 +18,7 @@ from bagcams_deploy.evaluation import (
     boxes_from_scoremap,
     cam_thresholds,
     markdown_table,
+    object_boxes,
     plot_metrics,
     save_json_report,
     validate_scoremap,
@@ -98,6 +99,31 @@ def test_nested_contours():
     multi = boxes_from_scoremap(m, 0.5, multi_contour=True).tolist()
     assert multi == [[50, 50, 150, 150], [79, 79, 121, 121], [95, 95, 105, 105]]
     assert boxes_from_scoremap(m, 0.5, multi_contour=False).tolist() == [[50, 50, 150, 150]]
+
+
+def test_object_boxes_are_outer_contours_with_inclusive_edges():
+    """The boxes a user reads (localize): holes are not objects, the corner is the last foreground
+    pixel everywhere (also at the image edge), and an empty map has no box."""
+    m = blank()
+    m[50:150, 50:150] = 1.0  # outer square, pixels 50..149
+    m[80:120, 80:120] = 0.0  # a hole in it
+    m[95:105, 95:105] = 1.0  # an island inside the hole
+    m[200:224, 0:10] = 1.0  # a blob touching the bottom and left edges, pixels x 0..9, y 200..223
+    assert object_boxes(m, 0.5, multi_contour=True) == [[0, 200, 9, 223], [50, 50, 149, 149]]
+    assert object_boxes(m, 0.5, multi_contour=False) == [[50, 50, 149, 149]]
+    assert object_boxes(blank(), 0.5) == []
+    one = blank()
+    one[7, 9] = 1.0
+    assert object_boxes(one, 0.5) == [[9, 7, 9, 7]]  # a one-pixel object is a box, not "nothing"
+    # the same binarisation as the metrics: the boxes are the metric's boxes, minus its quirks
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        r = np.clip(cv2.GaussianBlur(rng.random((S, S)).astype(np.float32), (0, 0), 9) * 3 - 1, 0, 1)
+        r /= max(float(r.max()), 1e-6)
+        t = float(rng.uniform(0.1, 0.9))
+        (metric,) = boxes_from_scoremap(r, t, multi_contour=False).tolist()
+        (user,) = object_boxes(r, t, multi_contour=False) or [[0, 0, -1, -1]]
+        assert user[:2] == metric[:2] and [min(v + 1, S - 1) for v in user[2:]] == metric[2:]
 
 
 def test_constant_map_gives_the_whole_image():

@@ -12,8 +12,6 @@ from rich.table import Table
 from ..errors import BagcamsError
 from ..methods.names import METHODS
 
-SUMMARY_KEYS = ("Top-1 Cls", "Top-1 Loc", "GT-known Loc", "MaxBoxAccV2", "pIoU", "PxAP")
-
 
 def register(app: typer.Typer) -> None:
     app.command("evaluate")(evaluate)
@@ -24,18 +22,24 @@ def _console() -> Console:
     return Console(width=None if Console().is_terminal else 140)
 
 
+def summary_columns(rows: dict[str, dict]) -> list[str]:
+    """The summaries' keys in order (the box metric's name depends on the contour mode)."""
+    return list(dict.fromkeys(k for summary in rows.values() for k in summary))
+
+
 def summary_table(rows: dict[str, dict], title: str) -> Table:
     t = Table(title=title)
     t.add_column("")
-    for k in SUMMARY_KEYS:
+    keys = summary_columns(rows)
+    for k in keys:
         t.add_column(k, justify="right")
     for name, summary in rows.items():
-        t.add_row(name, *("-" if summary.get(k) is None else f"{summary[k]:.2f}" for k in SUMMARY_KEYS))
+        t.add_row(name, *("-" if summary.get(k) is None else f"{summary[k]:.2f}" for k in keys))
     return t
 
 
 def summary_markdown(rows: dict[str, dict]) -> str:
-    keys = [k for k in SUMMARY_KEYS if any(s.get(k) is not None for s in rows.values())]
+    keys = [k for k in summary_columns(rows) if any(s.get(k) is not None for s in rows.values())]
     lines = ["| | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     for name, s in rows.items():
         lines.append(f"| {name} | " + " | ".join("-" if s.get(k) is None else f"{s[k]:.2f}" for k in keys) + " |")
@@ -89,6 +93,12 @@ def evaluate(
     if not MIN_CAM_INTERVAL <= cam_interval < 1:
         raise BagcamsError(f"--cam-interval must be in [{MIN_CAM_INTERVAL}, 1), got {cam_interval}")
     output_file(report, "--report")
+    if report is not None:
+        if report.suffix.lower() == ".md":
+            raise BagcamsError(
+                f"--report {report} names the JSON report; its Markdown table is written beside it (.md)"
+            )
+        output_file(report.with_suffix(".md"), "--report's Markdown table")
     output_dir(save_maps, "--save-maps")
     output_dir(plot, "--plot")
     if (model is None) == (maps is None):
@@ -144,13 +154,14 @@ def evaluate(
             name = f"{b.name}: {b.spec.method}@{b.spec.target_layer}"
             results[name] = res
             if ref_scorer is not None:
-                ref_res = ref_scorer.result(res.seconds)
+                ref_res = ref_scorer.result()
                 results["torch-reference"] = ref_res
 
     rows = {name: r.summary() for name, r in results.items()}
     if compare_reference and len(rows) == 2:
         (_, a), (_, b_) = rows.items()
-        rows["difference"] = {k: None if a[k] is None or b_[k] is None else a[k] - b_[k] for k in SUMMARY_KEYS}
+        # rounded first, so a difference of -1e-6 does not print as -0.00
+        rows["difference"] = {k: None if a[k] is None or b_[k] is None else round(a[k] - b_[k], 2) + 0.0 for k in a}
     console = _console()
     first = next(iter(results.values()))
     console.print(

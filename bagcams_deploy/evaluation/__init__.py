@@ -19,6 +19,7 @@ from bagcams_deploy.evaluation.boxes import (
     boxes_at_thresholds_reference,
     boxes_from_scoremap,
     cam_thresholds,
+    object_boxes,
     validate_scoremap,
 )
 from bagcams_deploy.evaluation.mask_metrics import IGNORE_VALUE, MaskEvaluator, MaskMetrics
@@ -51,6 +52,7 @@ __all__ = [
     "load_metadata",
     "markdown_table",
     "metrics_rows",
+    "object_boxes",
     "plot_box_accuracy",
     "plot_metrics",
     "plot_precision_recall",

@@ -24,6 +24,12 @@ DEFAULT_IOU_DELTAS: tuple[int, ...] = (30, 50, 70)
 _V2_DELTAS = (30, 50, 70)
 
 
+def box_metric_name(multi_contour: bool) -> str:
+    """The name of the mean over IoU 30/50/70: MaxBoxAccV2 is defined with every contour; with the
+    largest contour only it is another number and must not carry that name."""
+    return "MaxBoxAccV2" if multi_contour else "MaxBoxAcc 30/50/70 (largest contour)"
+
+
 @dataclass
 class BoxMetrics:
     """Final box metrics, all in percent.

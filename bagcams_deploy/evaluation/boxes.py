@@ -124,6 +124,30 @@ def boxes_from_scoremap(scoremap: np.ndarray, threshold: float, multi_contour: b
     return _boxes_of_binary(binarize(image, level), multi_contour, width, height)
 
 
+def object_boxes(scoremap: np.ndarray, threshold: float, multi_contour: bool = False) -> list[list[int]]:
+    """The boxes to show a user: ``[x0, y0, x1, y1]`` with inclusive pixel edges (the first and last
+    foreground column and row, as the GT boxes and :func:`box_iou` count them), one per outer contour
+    of the map binarised exactly as the metrics do (``multi_contour``; else the largest contour), and
+    none where nothing passes the threshold.
+
+    Not :func:`boxes_from_scoremap`: the metric's boxes keep wsolevaluation's quirks, which would
+    mislead a reader of ``boxes.json``: ``RETR_TREE`` turns a hole in the map into a second object, a
+    corner is one past the last pixel except at the image edge, and an empty map gives (0, 0, 0, 0).
+    """
+    image = scoremap_to_uint8(scoremap)
+    level = int(threshold_levels(image, [threshold])[0])
+    contours = cv2.findContours(binarize(image, level), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if not contours:
+        return []
+    if not multi_contour:
+        contours = (max(contours, key=cv2.contourArea),)
+    boxes = []
+    for contour in contours:
+        x, y, w, h = cv2.boundingRect(contour)
+        boxes.append([x, y, x + w - 1, y + h - 1])
+    return boxes
+
+
 def boxes_at_thresholds_reference(
     scoremap: np.ndarray, thresholds: Sequence[float] | np.ndarray, multi_contour: bool
 ) -> list[np.ndarray]:

@@ -228,15 +228,9 @@ def load_gt_mask(
 
 
 def load_image(data_root: str | Path, image_id: str) -> np.ndarray:
-    """The image ``data_root/image_id`` as an RGB uint8 array (H, W, 3), decoded by PIL as the published
-    loader does (``Image.open(...).convert('RGB')``: no EXIF rotation, so boxes stay in its frame)."""
-    from PIL import Image
+    """The image ``data_root/image_id`` as an RGB uint8 array (H, W, 3), decoded as ``localize`` does
+    (:func:`bagcams_deploy.images.load_image`: the published ``convert('RGB')`` for the data sets'
+    modes, no EXIF rotation, so boxes stay in its frame)."""
+    from ..images import load_image as decode
 
-    path = Path(data_root) / image_id
-    if not path.is_file():
-        raise BagcamsError(f"{path}: cannot read image ({_why_unreadable(path)})")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception:  # PIL raises several types (UnidentifiedImageError, OSError, DecompressionBombError)
-        raise BagcamsError(f"{path}: cannot read image ({_why_unreadable(path)})") from None
+    return decode(Path(data_root) / image_id)

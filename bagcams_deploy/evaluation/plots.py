@@ -41,10 +41,10 @@ def plot_box_accuracy(metrics: BoxMetrics, path: str | Path, title: str | None =
         ax.set_xlabel("CAM threshold")
         ax.set_ylabel("box accuracy (%)")
         ax.set_xlim(0, 1)
-        ax.set_ylim(0, 100)
+        ax.set_ylim(-2, 102)  # curves at 0% or 100% stay visible inside the frame
         ax.grid(alpha=0.3)
-        ax.legend()
-        ax.set_title(title or f"Box accuracy ({metrics.count} images)")
+        ax.legend(loc="best", fontsize="small", framealpha=0.8)
+        ax.set_title(f"{title or 'Box accuracy'} ({metrics.count} images)")
         fig.tight_layout()
         return _save(fig, path)
     finally:
@@ -63,7 +63,7 @@ def plot_precision_recall(metrics: MaskMetrics, path: str | Path, title: str | N
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.legend()
-        ax.set_title(title or f"Pixel precision-recall ({metrics.count} images)")
+        ax.set_title(f"{title or 'Pixel precision-recall'} ({metrics.count} images)")
         fig.tight_layout()
         return _save(fig, path)
     finally:

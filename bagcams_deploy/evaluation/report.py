@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bagcams_deploy.errors import BagcamsError
-from bagcams_deploy.evaluation.box_metrics import BoxMetrics
+from bagcams_deploy.evaluation.box_metrics import BoxMetrics, box_metric_name
 from bagcams_deploy.evaluation.mask_metrics import MaskMetrics
 
 Metrics = BoxMetrics | MaskMetrics
@@ -25,8 +25,7 @@ def metrics_rows(metrics: Metrics) -> list[tuple[str, str, str]]:
             (f"GT-known Loc @ IoU {d}", _fmt(metrics.gt_known_loc[d]), _fmt(metrics.best_threshold[d], 3))
             for d in metrics.iou_deltas
         ]
-        name = "MaxBoxAccV2" if metrics.multi_contour else "MaxBoxAcc (mean 30/50/70, single contour)"
-        rows.append((name, _fmt(metrics.max_box_acc_v2), "-"))
+        rows.append((box_metric_name(metrics.multi_contour), _fmt(metrics.max_box_acc_v2), "-"))
         rows.append(("Top-1 Loc @ IoU 50", _fmt(metrics.top1_loc), _fmt(metrics.top1_best_threshold, 3)))
         return rows
     if isinstance(metrics, MaskMetrics):

@@ -1,0 +1,51 @@
+"""Image files -> RGB uint8: the one decoder behind ``localize``, ``cam``, ``verify`` and ``evaluate``.
+
+It is the published loader's ``Image.open(path).convert('RGB')`` (no EXIF rotation, so boxes stay in
+the stored frame) for every mode the WSOL data sets contain, so ``evaluate`` reproduces the published
+numbers. Where that conversion is lossy for other files it does better, the same in every command
+and in the C++ example: alpha is composited over white (``convert`` would keep whatever colour lies
+under transparent pixels), and 16/32-bit integer grey images are scaled by their maximum (``convert``
+clips them to white). Torch-free, so the evaluation package can use it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import BagcamsError
+
+MIN_IMAGE_SIDE = 8
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read any PIL-readable file as RGB uint8 [H, W, 3] (grey, palette, alpha, CMYK, 16-bit converted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BagcamsError(f"image not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            # large photos are fine (they are resized at once); only PIL's hard bomb limit is an error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    arr = np.asarray(im, dtype=np.float64)
+                    hi = arr.max() if arr.size and arr.max() > 0 else 1.0
+                    im = Image.fromarray(np.uint8(np.clip(arr / hi * 255.0, 0, 255)))
+                if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                    im = im.convert("RGBA")
+                    background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                    im = Image.alpha_composite(background, im)
+                rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as exc:
+        raise BagcamsError(f"image {path} is too large to decode safely ({str(exc).splitlines()[0][:120]})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise BagcamsError(f"cannot read image {path}: {str(exc).splitlines()[0][:120]}") from None
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_IMAGE_SIDE:
+        raise BagcamsError(f"image {path} is too small ({w}x{h}); at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}")
+    return rgb
