@@ -107,10 +107,32 @@ def test_verify_passes_and_writes_report(cli, checkpoints, exported, tmp_path):
     assert rep["images"][3]["source"].endswith("x.png")
 
 
+def test_fp64_reference_is_computed_in_float64(cli, checkpoints, exported, tmp_path):
+    """torch-analytic runs the float32 reference's forward pass (features bit for bit); against the
+    float64 reference they differ by float32 rounding only, which proves the reference ran in float64."""
+    from bagcams_deploy.models import load_model
+    from bagcams_deploy.runtime import create_backend
+    from bagcams_deploy.verify import verify_backend
+
+    model = load_model(checkpoints["resnet18"])
+    with create_backend("torch-analytic", graph=exported, model=model) as b:
+        f32 = verify_backend(b, model, "m", num_random=2, seed=3)
+        f64 = verify_backend(b, model, "m", num_random=2, seed=3, fp64_reference=True)
+    assert f32.passed and f64.passed and f64.reference == "torch-reference (float64)"
+    assert max(r.features_rel_l2 for r in f32.images) == 0.0
+    assert 0.0 < min(r.features_rel_l2 for r in f64.images) <= max(r.features_rel_l2 for r in f64.images) < 1e-5
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
+    report = tmp_path / "r.json"
+    r = cli("verify", exported, "--checkpoint", checkpoints["resnet18"], "--num-random", "2", "--fp64-reference",
+            "--report", report)  # fmt: skip
+    assert r.code == 0, r.err
+    assert json.loads(report.read_text())["reference"] == "torch-reference (float64)" and "float64" in r.out
+
+
 def test_verify_detects_a_checkpoint_that_does_not_match(cli, exported, tmp_path):
     other = save_checkpoint(build_model("resnet18", 7, seed=99, randomize_batchnorm=True), tmp_path / "other.pth")
     r = cli("verify", exported, "--checkpoint", other, "--num-random", "2")
-    assert r.code == 1 and "FAIL" in r.err and "logits rel L2" in r.err
+    assert r.code == 1 and "FAIL" in r.err and "logits rel L2" in r.err and "--fp64-reference" in r.err
     wrong_arch = save_checkpoint(build_model("resnet50", 7, seed=1), tmp_path / "r50.pth")
     assert_one_line_error(cli("verify", exported, "--checkpoint", wrong_arch), "does not match")
     wrong_classes = save_checkpoint(build_model("resnet18", 5, seed=1), tmp_path / "c5.pth")

@@ -75,6 +75,9 @@ def verify(
         help="backend under test (default: tensorrt for a .plan; ort-cuda with a GPU; else ort-cpu)",
     ),
     exact: bool = typer.Option(False, "--exact", help="ONNX Runtime with graph optimisations off"),
+    fp64_reference: bool = typer.Option(
+        False, "--fp64-reference", help="reference in float64 (ground truth where float32 rounding flips a mask)"
+    ),
     seed: int = typer.Option(None, "--seed", help="fix the random images (default: fresh each run)"),
     threads: int = typer.Option(None, "--threads", min=1),
     report: Path = typer.Option(None, "--report", help="write the JSON report here"),
@@ -123,7 +126,7 @@ def verify(
             setattr(tol, name, value)
     paths = expand_image_paths([images]) if images else None
     with b:
-        rep = verify_backend(b, model, str(model_path), paths, num_random, seed, tol)
+        rep = verify_backend(b, model, str(model_path), paths, num_random, seed, tol, fp64_reference=fp64_reference)
     _render(rep)
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +135,12 @@ def verify(
     if not rep.passed:
         for f in rep.failures[:10]:
             typer.echo(f"FAIL {f}", err=True)
+        if not fp64_reference:
+            typer.echo(
+                "hint: the float32 reference can itself be off where its rounding flips a ReLU mask "
+                "(GradCAM++/PCS, flat images); --fp64-reference judges against float64",
+                err=True,
+            )
         raise typer.Exit(1)
 
 
