@@ -9,6 +9,8 @@ The maps come from :mod:`bagcams_deploy.methods.aggregation`, the single definit
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -132,6 +134,21 @@ def check_images(model: WSOLModel, images: Tensor) -> Tensor:
     return images
 
 
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def _model_lock(model: nn.Module) -> threading.Lock:
+    """One lock per model: the gradient pass toggles ``requires_grad``, fills ``.grad`` and hooks the
+    model's ReLU modules, so two passes over one model at once (threads of a server) would corrupt
+    each other (guided gradients leaking into GradCAM, or a crash inside autograd)."""
+    with _LOCKS_LOCK:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+        return lock
+
+
 def compute_cams(
     model: WSOLModel,
     images: Tensor,
@@ -166,6 +183,24 @@ def compute_cams(
 
     layer = model.check_target_layer(target_layer or model.spec.default_target_layer)
     assert method in GRADIENT_METHODS
+    with _model_lock(model):
+        logits, ids, features, gradients = _gradient_pass(model, images, method, layer, class_ids, published_autograd)
+    if check_finite:  # a backend checks after its timed region instead
+        check_finite_outputs("torch-reference", {"logits": logits, "features": features, "gradients": gradients})
+    with torch.no_grad():
+        maps = gradient_map(method, features, gradients, size)
+    return CAMResult(method, layer, logits, ids, features, gradients, maps)
+
+
+def _gradient_pass(
+    model: WSOLModel,
+    images: Tensor,
+    method: str,
+    layer: str,
+    class_ids: Tensor | Sequence[int] | int | None,
+    published_autograd: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(logits, class ids, features, gradients of the method's objective at ``layer``), detached."""
     params = list(model.parameters())
     previous = [p.requires_grad for p in params]
     for p in params:
@@ -190,10 +225,4 @@ def compute_cams(
     finally:
         for p, flag in zip(params, previous, strict=True):
             p.requires_grad_(flag)
-    features = features.detach()
-    gradients = gradients.detach()
-    if check_finite:  # a backend checks after its timed region instead
-        check_finite_outputs("torch-reference", {"logits": logits, "features": features, "gradients": gradients})
-    with torch.no_grad():
-        maps = gradient_map(method, features, gradients, size)
-    return CAMResult(method, layer, logits.detach(), ids, features, gradients, maps)
+    return logits.detach(), ids, features.detach(), gradients.detach()

@@ -8,6 +8,7 @@ backend's ``infer_impl``, which records its own inference time so benchmarks nev
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -40,21 +41,29 @@ class Backend(ABC):
     """Runs a batch of normalised images (+ optional class ids) and returns named numpy outputs."""
 
     name: str = "backend"
+    #: Whether ``infer_impl`` may run in several threads at once. Backends that reuse one request,
+    #: execution context or set of buffers per call say False, and ``infer`` serialises their calls:
+    #: a server may share any backend between threads and always gets each caller's own result.
+    concurrent_infer: bool = True
 
     def __init__(self) -> None:
         self.active = False
         self.last_inference_time: float | None = None  # seconds, set by infer_impl
+        # held by activate/deactivate, and around infer_impl where calls must not overlap
+        self._lock = threading.RLock()
 
     # --- lifecycle ----------------------------------------------------------------------------
     def activate(self) -> None:
-        if not self.active:
-            self.activate_impl()
-            self.active = True
+        with self._lock:
+            if not self.active:
+                self.activate_impl()
+                self.active = True
 
     def deactivate(self) -> None:
-        if self.active:
-            self.deactivate_impl()
-            self.active = False
+        with self._lock:
+            if self.active:
+                self.deactivate_impl()
+                self.active = False
 
     def __enter__(self) -> Backend:
         self.activate()
@@ -76,9 +85,14 @@ class Backend(ABC):
 
     def infer(self, images: np.ndarray, class_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Validate inputs, run, return ``{output name: array}`` (the ONNX contract's names)."""
-        self.activate()
         images, ids = self.check_inputs(images, class_ids)
-        outputs = self.infer_impl(images, ids)
+        if self.concurrent_infer:
+            self.activate()
+            outputs = self.infer_impl(images, ids)
+        else:
+            with self._lock:  # also keeps deactivate() from freeing buffers under a running call
+                self.activate()
+                outputs = self.infer_impl(images, ids)
         check_finite_outputs(self.name, outputs)
         return outputs
 
@@ -88,9 +102,13 @@ class Backend(ABC):
 
     def check_inputs(self, images: np.ndarray, class_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         spec = self.spec
-        if hasattr(images, "detach"):  # a torch tensor, possibly requiring grad
-            images = images.detach().cpu().numpy()
-        images = np.asarray(images)
+        if hasattr(images, "detach"):  # a torch tensor, possibly requiring grad (numpy has no bfloat16)
+            images = images.detach().cpu()
+            images = (images.float() if images.is_floating_point() else images).numpy()
+        try:
+            images = np.asarray(images)
+        except ValueError:  # a ragged nested list
+            raise BagcamsError(f"{self.name}: images must be an [N, 3, H, W] array, not a ragged list") from None
         if images.dtype.kind != "f":
             raise BagcamsError(
                 f"{self.name}: images must be normalised floating point (see preprocess), got {images.dtype}"
@@ -121,7 +139,14 @@ class Backend(ABC):
     def _class_ids(self, class_ids: object, n: int) -> np.ndarray:
         """One integer id per image (a single id is used for all); negative = the argmax."""
         spec = self.spec
-        raw = np.asarray(class_ids.detach().cpu() if hasattr(class_ids, "detach") else class_ids)
+        if hasattr(class_ids, "detach"):
+            class_ids = class_ids.detach().cpu()
+            if class_ids.is_floating_point():  # numpy has no bfloat16; refused below as floats
+                class_ids = class_ids.float()
+        try:
+            raw = np.asarray(class_ids)
+        except ValueError:
+            raise BagcamsError(f"{self.name}: class ids must be integers, got {str(class_ids)[:40]}") from None
         if raw.dtype.kind not in "iu":
             raise BagcamsError(f"{self.name}: class ids must be integers, got {raw.dtype} ({str(class_ids)[:40]})")
         if raw.dtype.kind == "u" and raw.size and raw.max() > np.iinfo(np.int64).max:
@@ -136,7 +161,8 @@ class Backend(ABC):
             raise BagcamsError(
                 f"class id {bad} out of range: the model has {spec.num_classes} classes (0..{spec.num_classes - 1})"
             )
-        return ids
+        # every negative id means the argmax; -1 also survives runtimes that narrow ids to int32
+        return np.maximum(ids, -1)
 
 
 class Timer:

@@ -59,6 +59,8 @@ def open_model(
     another is an error rather than a map of something else."""
     from ..models import load_model
 
+    if not isinstance(model, str | Path):
+        raise BagcamsError(f"model must be a path to a .onnx, .plan or checkpoint file, got {model!r}")
     path = Path(model)
     if not path.exists():
         raise BagcamsError(f"model not found: {path}")

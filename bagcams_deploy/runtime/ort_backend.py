@@ -117,9 +117,12 @@ class OrtBackend(Backend):
 
     def infer_impl(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
         feed = {"image": images, "class_id": class_ids}
+        session = self.session  # sessions run concurrently; one closed by another thread is an error
+        if session is None:
+            raise BagcamsError(f"{self.name}: the backend was closed while this call was starting")
         try:
             with Timer() as t:
-                values = self.session.run(self.output_names, feed)
+                values = session.run(self.output_names, feed)
         except Exception as exc:
             raise BagcamsError(f"{self.name} failed on {self.path}: {str(exc).splitlines()[0][:200]}") from None
         self.last_inference_time = t.seconds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,11 +64,26 @@ def check_graph_computes(info: GraphInfo, method: str | None, target_layer: str 
         )
 
 
+#: More threads than this many per available CPU only oversubscribe (ONNX Runtime took 19 s to start
+#: 256 threads on 2 cores, and did not finish with 4096).
+MAX_THREADS_PER_CPU = 4
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _checked_threads(threads: object) -> int | None:
     if threads is None:
         return None
     if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 0:
         raise BagcamsError(f"threads must be a non-negative integer (0: the runtime's default), got {threads!r}")
+    most = MAX_THREADS_PER_CPU * _available_cpus()
+    if threads > most:
+        raise BagcamsError(f"threads={int(threads)} is more than {most} ({MAX_THREADS_PER_CPU} per CPU available here)")
     return int(threads)
 
 
@@ -97,7 +113,11 @@ def create_backend(
     device: str = "cpu",
 ) -> Backend:
     """Build backend ``name``. Graph backends need ``graph``; torch backends need ``model`` and take the
-    method, target layer and input size from ``graph``'s metadata when one is given."""
+    method, target layer and input size from ``graph``'s metadata when one is given.
+
+    Every backend may be shared between threads (those that cannot run calls at once serialise
+    them). ``threads`` is the runtime's own for graph backends; for torch backends it is torch's
+    process-wide thread count, since torch has no per-model one."""
     threads = _checked_threads(threads)
     if name in GRAPH_BACKENDS:
         if graph is None:
@@ -113,8 +133,10 @@ def create_backend(
         if not isinstance(model, WSOLModel):
             raise BagcamsError(f"backend {name} needs a loaded model (models.load_model), got {type(model).__name__}")
         try:
+            if not isinstance(device, str):
+                raise TypeError
             torch.device(device)
-        except RuntimeError:
+        except (RuntimeError, TypeError):
             raise BagcamsError(f"unknown device {device!r}; e.g. cpu, cuda, cuda:1") from None
         size = None
         if graph is not None and str(graph).lower().endswith((".onnx", *PLAN_SUFFIXES)):
@@ -129,7 +151,7 @@ def create_backend(
             check_graph_computes(info, method, target_layer, graph)
             method, target_layer, size = info.method, info.target_layer, info.input_size
         if threads:
-            torch.set_num_threads(threads)
+            torch.set_num_threads(threads)  # process-wide: torch has no per-model thread count
         from .torch_backends import TorchAnalyticBackend, TorchReferenceBackend
 
         if name == "torch-reference":

@@ -56,6 +56,8 @@ class _Buffers:
 class TensorRTBackend(Backend):
     """Runs a ``build-engine`` plan; see the module docstring for the two variants."""
 
+    concurrent_infer = False  # one execution context, stream and set of buffers per shape
+
     def __init__(self, path: str, use_kernel: bool = True, cuda_graph: bool = False,
                  fetch: tuple[str, ...] | None = None):  # fmt: skip
         super().__init__()

@@ -67,6 +67,7 @@ class TorchReferenceBackend(_TorchBackend):
     """The PyTorch reference (autograd). ``published_autograd`` mirrors the published code's cost."""
 
     name = "torch-reference"
+    concurrent_infer = False  # autograd state lives on the model (compute_cams also locks per model)
 
     def __init__(self, *args, published_autograd: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -110,14 +111,37 @@ class TorchAnalyticBackend(_TorchBackend):
         self.cuda_graph = cuda_graph
         if cuda_graph:
             self.name = "torch-analytic-cudagraph"
+            self.concurrent_infer = False  # replays write one set of static buffers
         self._graphs: dict[tuple[int, ...], tuple] = {}
+        self.net: AnalyticCAM | None = None
+        self._weights_seen: tuple = ()
+
+    def _weights_state(self) -> tuple:
+        """Which tensors the model holds and their in-place versions: ``load_state_dict`` bumps the
+        versions, assigning a new Parameter changes the identity."""
+        return tuple((id(t), t._version) for t in (*self.model.parameters(), *self.model.buffers()))
 
     def activate_impl(self) -> None:
         super().activate_impl()
+        self._weights_seen = self._weights_state()
         self.net = AnalyticCAM(self.model, self.spec.method, self.spec.target_layer).to(self.device)
 
     def deactivate_impl(self) -> None:
         self._graphs.clear()
+        self.net = None
+
+    def _current_net(self) -> AnalyticCAM:
+        """The analytic module, rebuilt if the model's weights changed since it was built: it folds
+        BatchNorm and copies the classifier, so it would otherwise mix new and old weights."""
+        if self._weights_state() != self._weights_seen:
+            with self._lock:
+                if self._weights_state() != self._weights_seen:
+                    self._graphs.clear()
+                    self.activate_impl()
+        net = self.net
+        if net is None:
+            raise BagcamsError(f"{self.name}: the backend was closed while this call was starting")
+        return net
 
     def _captured(self, shape: tuple[int, ...]) -> tuple:
         """(graph, static image, static ids, static outputs) for one input shape, captured once."""
@@ -137,6 +161,7 @@ class TorchAnalyticBackend(_TorchBackend):
         return self._graphs[shape]
 
     def infer_impl(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
+        net = self._current_net()
         x = torch.from_numpy(images).to(self.device)
         ids = torch.from_numpy(class_ids).to(self.device)
         if self.cuda_graph:
@@ -149,7 +174,7 @@ class TorchAnalyticBackend(_TorchBackend):
             outputs = static_out
         else:
             with Timer() as t, torch.no_grad():
-                outputs = self.net(x, ids)
+                outputs = net(x, ids)
                 self._sync()
         self.last_inference_time = t.seconds
-        return {k: v.cpu().numpy() for k, v in zip(self.net.output_names, outputs, strict=True)}
+        return {k: v.cpu().numpy() for k, v in zip(net.output_names, outputs, strict=True)}
