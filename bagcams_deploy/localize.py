@@ -40,23 +40,35 @@ def output_names(path: Path) -> tuple[str, str]:
     return f"{path.stem}.npy", f"{path.stem}_overlay.png"
 
 
+def _is_output_name(name: object) -> bool:
+    """A bare file name of the shape ``localize`` writes: nothing else is ever removed."""
+    if not isinstance(name, str) or Path(name).name != name:
+        return False
+    return (name.endswith(".npy") and len(name) > 4) or (name.endswith("_overlay.png") and len(name) > 12)
+
+
 def earlier_outputs(out: Path) -> set[Path]:
     """The files an earlier ``localize`` run wrote into ``out``, as its ``boxes.json`` lists them."""
     index = out / "boxes.json"
     if not index.is_file():
         return set()
     try:
-        names: list[str] = []
-        for r in json.loads(index.read_text())["images"]:
+        doc = json.loads(index.read_text())
+        if not isinstance(doc, dict) or "method" not in doc or not isinstance(doc.get("images"), list):
+            raise ValueError("not a localize index")
+        names = list(doc.get("stale_outputs", []))
+        for r in doc["images"]:
             names += [r["map"], r["overlay"]] if "map" in r else output_names(Path(r["image"]))
+    except OSError as exc:
+        raise BagcamsError(f"cannot read {index}: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
         raise BagcamsError(f"{index} was not written by localize; choose another output folder") from None
-    return {out / n for n in names if isinstance(n, str) and Path(n).name == n} | {index}
+    return {out / n for n in names if _is_output_name(n)}
 
 
 def _check_outputs(paths: list[Path], out: Path) -> set[Path]:
     """Refuse a run that would overwrite one of its inputs or read an earlier run's outputs as images;
-    return the earlier run's files (replaced by this run, so the folder holds one run only)."""
+    return the earlier run's files (removed once this run succeeds, so the folder holds one run)."""
     earlier = earlier_outputs(out)
     planned = {out / n for p in paths for n in output_names(p)} | {out / "boxes.json"}
     earlier_real = {q.resolve() for q in earlier}
@@ -82,8 +94,9 @@ def localize_images(
 ) -> list[dict]:
     """Per image: ``<stem>.npy`` (the map at the original image size), ``<stem>_overlay.png`` and a
     record (class, score, probability, boxes as :data:`BOX_FORMAT`); ``threshold=None`` = Otsu.
-    Writes ``boxes.json`` with all records and returns them. The folder holds one run: the files an
-    earlier run listed in its ``boxes.json`` are removed first; other files are left alone."""
+    Writes ``boxes.json`` with all records and returns them. The folder holds one run: once this run
+    succeeds, the files an earlier run listed in its ``boxes.json`` are removed (only names of the
+    shape localize writes); other files are left alone, and a failed run removes nothing."""
     paths, out = [Path(p) for p in paths], Path(out)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise BagcamsError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -99,8 +112,6 @@ def localize_images(
     earlier = _check_outputs(paths, out)
     spec = backend.spec
     out.mkdir(parents=True, exist_ok=True)
-    for stale in earlier:
-        stale.unlink(missing_ok=True)
     records: list[dict] = []
     doc = {
         "method": spec.method,
@@ -115,9 +126,17 @@ def localize_images(
     try:
         _localize(backend, paths, out, threshold, multi_contour, class_id, batch_size, on_batch, records)
         doc["complete"] = True
-    finally:  # an interrupted run still lists what it wrote, so the next run can replace it
-        if records or doc["complete"]:
+    finally:
+        written = {out / n for r in records for n in (r["map"], r["overlay"])}
+        leftover = sorted(p for p in earlier - written if p.exists())
+        if doc["complete"]:
             (out / "boxes.json").write_text(json.dumps(doc, indent=2))
+            for stale in leftover:  # only now: a failed run must not cost the earlier run's results
+                stale.unlink(missing_ok=True)
+        elif records:  # partial: list what it wrote and what is left of the earlier run, for the next
+            doc["stale_outputs"] = [p.name for p in leftover]
+            (out / "boxes.json").write_text(json.dumps(doc, indent=2))
+        # else nothing was written: the earlier run's files and index stay as they were
     return records
 
 

@@ -256,6 +256,47 @@ def test_localize_folder_holds_one_run(cli, setup, tmp_path):
     Image.open(srcs[0]).save(clash / "a_overlay.png")
     assert_one_line_error(cli("localize", clash, "--model", setup["graph"], "--out", clash), "would be overwritten")
     assert (clash / "a_overlay.png").exists() and not (clash / "boxes.json").exists()
+    # a failed run (an unreadable image) costs nothing of the earlier run
+    (imgs / "junk.png").write_bytes(b"not a png")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert_one_line_error(cli("localize", imgs / "junk.png", "--model", setup["graph"], "--out", out), "junk.png")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # only files of the shape localize writes are ever removed, whatever a boxes.json lists
+    (out / "precious.jpg").write_bytes(b"mine")
+    (out / "boxes.json").write_text(
+        json.dumps(
+            {
+                "method": "bagcams",
+                "images": [
+                    {"map": "precious.jpg", "overlay": "", "image": "x.png"},
+                    {"map": "../notes.txt", "overlay": "/etc/hosts"},
+                ],
+            }
+        )
+    )
+    assert cli("localize", imgs / srcs[0].name, "--model", setup["graph"], "--out", out).code == 0
+    assert (out / "precious.jpg").read_bytes() == b"mine" and (out / "notes.txt").exists()
     (out / "boxes.json").write_text("not json")
     assert_one_line_error(cli("localize", imgs / srcs[0].name, "--model", setup["graph"], "--out", out),
                           "was not written by localize")  # fmt: skip
+
+
+def test_an_interrupted_localize_run_keeps_track_of_every_file(setup, tmp_path):
+    from bagcams_deploy.errors import BagcamsError
+    from bagcams_deploy.localize import localize_images
+    from bagcams_deploy.runtime import create_backend
+
+    srcs = sorted((setup["data"] / "images" / "test").glob("*.png"))[:3]
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    with create_backend("ort-cpu", graph=setup["graph"]) as b:
+        localize_images(b, srcs[:2], out)  # the earlier run: images 0 and 1
+        with pytest.raises(BagcamsError, match=r"junk\.png"):
+            localize_images(b, [srcs[2], junk], out, batch_size=1)  # writes image 2, then fails
+        doc = json.loads((out / "boxes.json").read_text())
+        assert not doc["complete"] and [r["map"] for r in doc["images"]] == [f"{srcs[2].stem}.npy"]
+        stale = {f"{s.stem}{suffix}" for s in srcs[:2] for suffix in (".npy", "_overlay.png")}
+        assert set(doc["stale_outputs"]) == stale and all((out / n).exists() for n in stale)
+        localize_images(b, [srcs[0]], out)  # a complete run removes both earlier runs' files
+    assert {p.name for p in out.iterdir()} == {"boxes.json", f"{srcs[0].stem}.npy", f"{srcs[0].stem}_overlay.png"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import PurePosixPath
 
 import numpy as np
 import pytest
@@ -105,5 +106,8 @@ def test_odd_library_inputs_get_a_bagcams_error(setup):
         create_backend("torch-analytic", model=setup["model"], device=None)
     with pytest.raises(BagcamsError, match="must be a path"):
         open_model(None)
+    with open_model(PurePosixPath(setup["graph"])) as b:  # any os.PathLike
+        assert b.name in ("ort-cpu", "ov-cpu")
+    assert create_backend("torch-analytic", model=setup["model"], device=torch.device("cpu")).device.type == "cpu"
     with pytest.raises(BagcamsError, match="per CPU available here"):
         create_backend("ort-cpu", graph=setup["graph"], threads=100_000)

@@ -233,4 +233,4 @@ def load_image(data_root: str | Path, image_id: str) -> np.ndarray:
     modes, no EXIF rotation, so boxes stay in its frame)."""
     from ..images import load_image as decode
 
-    return decode(Path(data_root) / image_id)
+    return decode(Path(data_root) / image_id, min_side=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import BagcamsError
@@ -59,7 +60,7 @@ def open_model(
     another is an error rather than a map of something else."""
     from ..models import load_model
 
-    if not isinstance(model, str | Path):
+    if not isinstance(model, str | os.PathLike):
         raise BagcamsError(f"model must be a path to a .onnx, .plan or checkpoint file, got {model!r}")
     path = Path(model)
     if not path.exists():

@@ -132,6 +132,8 @@ def create_backend(
 
         if not isinstance(model, WSOLModel):
             raise BagcamsError(f"backend {name} needs a loaded model (models.load_model), got {type(model).__name__}")
+        if isinstance(device, torch.device):
+            device = str(device)
         try:
             if not isinstance(device, str):
                 raise TypeError
