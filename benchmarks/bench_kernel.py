@@ -111,6 +111,18 @@ def main(argv: list[str] | None = None) -> int:
         fail("needs a CUDA GPU: no CUDA device found")
 
     from bagcams_deploy.errors import BagcamsError
+    from bagcams_deploy.kernels.cuda_context import PrimaryContext
+
+    try:
+        context = PrimaryContext(drv, what="bench_kernel")
+    except BagcamsError as exc:
+        fail(str(exc))
+    with context:  # this script's own PyCUDA calls (streams, copies, events) run in the primary context
+        return _run(args, drv)
+
+
+def _run(args: argparse.Namespace, drv) -> int:
+    from bagcams_deploy.errors import BagcamsError
     from bagcams_deploy.kernels.bandwidth import DeviceCopy, aggregation_bytes, time_events
     from bagcams_deploy.kernels.launcher import AggregationKernel
 

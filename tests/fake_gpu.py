@@ -12,6 +12,7 @@ backend is exercised end to end, and its maps can be compared with ONNX Runtime'
 from __future__ import annotations
 
 import itertools
+import threading
 import types
 
 import numpy as np
@@ -67,15 +68,38 @@ def make_pycuda(memory: Memory) -> types.ModuleType:
         def compute_capability(self) -> tuple[int, int]:
             return COMPUTE_CAPABILITY
 
+    stacks = threading.local()  # PyCUDA's context stack is per thread
+
+    def depth() -> int:
+        return getattr(stacks, "depth", 0)
+
+    def require_context() -> None:
+        """As PyCUDA: allocations, streams, events and copies need a context on *its* stack."""
+        if depth() == 0:
+            raise Error("explicit_context_dependent failed: invalid device context - no currently active context?")
+
+    class PrimaryContext:
+        def push(self) -> None:
+            stacks.depth = depth() + 1
+
     class Context:
         @staticmethod
         def get_device() -> Device:
-            if not drv.context_current:
+            if not (drv.context_current or depth()):
                 raise Error("no current context")
             return Device(0)
 
+        @staticmethod
+        def pop() -> None:
+            if depth() == 0:
+                raise Error("cannot pop: the context stack is empty")
+            stacks.depth = depth() - 1
+
+    Device.retain_primary_context = lambda self: PrimaryContext()
+
     class DeviceAllocation:
         def __init__(self, nbytes: int) -> None:
+            require_context()
             self.ptr = memory.alloc(nbytes)
 
         def __int__(self) -> int:
@@ -87,11 +111,18 @@ def make_pycuda(memory: Memory) -> types.ModuleType:
     class Stream:
         handle = 0x5151
 
+        def __init__(self) -> None:
+            require_context()
+
         def synchronize(self) -> None:
-            pass
+            require_context()
 
     class Event:
+        def __init__(self) -> None:
+            require_context()
+
         def record(self, stream=None):
+            require_context()
             self.t = len(drv.log)  # a monotone "clock": operations so far
             return self
 
@@ -105,10 +136,12 @@ def make_pycuda(memory: Memory) -> types.ModuleType:
         dst.reshape(-1)[...] = src.reshape(-1).view(dst.dtype)
 
     def memcpy_htod_async(dest, src: np.ndarray, stream=None) -> None:
+        require_context()
         drv.log.append("htod")
         copy(memory.view(int(dest), src.dtype, src.shape), src)
 
     def memcpy_dtoh_async(dest: np.ndarray, src, stream=None) -> None:
+        require_context()
         drv.log.append("dtoh")
         copy(dest, memory.view(int(src), dest.dtype, dest.shape))
 
@@ -127,7 +160,13 @@ def make_pycuda(memory: Memory) -> types.ModuleType:
     drv.Error, drv.Device, drv.DeviceAllocation, drv.Stream, drv.Event = Error, Device, DeviceAllocation, Stream, Event
     drv.init = lambda flags=0: None
     drv.mem_alloc = DeviceAllocation
-    drv.pagelocked_empty = lambda shape, dtype: np.empty(shape, dtype)
+
+    def pagelocked_empty(shape, dtype) -> np.ndarray:
+        require_context()
+        return np.empty(shape, dtype)
+
+    drv.pagelocked_empty = pagelocked_empty
+    drv.context_depth = depth
     drv.memcpy_htod_async, drv.memcpy_dtoh_async = memcpy_htod_async, memcpy_dtoh_async
     return drv
 

@@ -420,6 +420,7 @@ def fake_pycuda(lib, smem_default=48 * 1024, smem_optin=48 * 1024, with_set_attr
 
     class DeviceAllocation:
         def __init__(self, nbytes):
+            require_context()
             self.buf = np.full(max(int(nbytes), 1), 0xFF, dtype=np.uint8)  # NaN-poisoned floats
             self.freed = False
             drv.allocations.append(self)
@@ -438,6 +439,9 @@ def fake_pycuda(lib, smem_default=48 * 1024, smem_optin=48 * 1024, with_set_attr
             pass
 
     class Device:
+        def __init__(self, ordinal=0):
+            self.ordinal = ordinal
+
         @staticmethod
         def count():
             return 1
@@ -448,10 +452,29 @@ def fake_pycuda(lib, smem_default=48 * 1024, smem_optin=48 * 1024, with_set_attr
         def get_attribute(self, attr):
             return {"smem": smem_default, "optin": smem_optin}[attr]
 
+        def retain_primary_context(self):
+            return PrimaryContext()
+
+    drv.context_depth = 0  # PyCUDA's context stack (one thread here)
+
+    def require_context():
+        if drv.context_depth == 0:
+            raise FakeCudaError("invalid device context - no currently active context?")
+
+    class PrimaryContext:
+        def push(self):
+            drv.context_depth += 1
+
     class Context:
         @staticmethod
         def get_device():
+            require_context()
             return Device()
+
+        @staticmethod
+        def pop():
+            assert drv.context_depth > 0, "pop without push"
+            drv.context_depth -= 1
 
     class Function:
         def __init__(self, name):
@@ -474,6 +497,7 @@ def fake_pycuda(lib, smem_default=48 * 1024, smem_optin=48 * 1024, with_set_attr
             self.max_dynamic = value
 
         def prepared_async_call(self, grid, block, stream, *args, shared_size=0):
+            require_context()
             values = struct.unpack(self.fmt, struct.pack(self.fmt, *args))  # what the kernel receives
             if shared_size > self.max_dynamic:
                 raise FakeCudaError(f"{self.name}: {shared_size} bytes of dynamic shared memory")

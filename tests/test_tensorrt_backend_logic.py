@@ -29,6 +29,7 @@ from bagcams_deploy.verify import verify_backend
 
 from . import fake_gpu
 from .conftest import TEST_SIZE
+from .test_cli import assert_one_line_error
 
 SIZE = TEST_SIZE["resnet18"]
 PROFILE = {"min_batch": 1, "opt_batch": 2, "max_batch": 4}
@@ -107,7 +108,10 @@ def test_engine_backends_give_onnx_runtime_maps(fakes, graphs, tmp_path, backend
                 np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-5, atol=1e-5)
                 np.testing.assert_allclose(got["cam"], want["cam"], atol=1e-5)
                 assert got["cam"].shape == (n, 1, SIZE, SIZE) and got["cam"].dtype == np.float32
-                assert set(b.stage_times) == {"h2d", "engine", "kernel", "d2h"}
+                graphed = backend == "tensorrt-cudagraph"  # one replay: engine and kernel not told apart
+                assert set(b.stage_times) == (
+                    {"h2d", "graph", "d2h"} if graphed else {"h2d", "engine", "kernel", "d2h"}
+                )
                 assert all(v >= 0 for v in b.stage_times.values()) and b.gpu_memory_mb > 0
                 engine_runs = drv.log.count("engine")
                 if backend == "tensorrt-cudagraph":
@@ -117,7 +121,11 @@ def test_engine_backends_give_onnx_runtime_maps(fakes, graphs, tmp_path, backend
                     assert engine_runs == 1 and drv.log.count("kernel") == (backend == "tensorrt")
                 seen.add(n)
             assert len(memory.blocks) == before  # third call: no new allocations
+            contexts = {id(buf.context) for buf in b._buffers.values()}
+            # a CUDA graph fixes its execution context's shapes: one context per captured batch size
+            assert len(contexts) == (2 if backend == "tensorrt-cudagraph" else 1)
         assert memory.blocks == {}  # everything freed on exit
+        assert drv.context_depth() == 0  # every push of the primary context was popped
 
 
 def test_fetch_copies_back_only_what_is_asked(fakes, graphs, tmp_path):
@@ -181,7 +189,14 @@ def test_build_engine_cli_then_engine_info_and_verify(fakes, graphs, checkpoints
     assert r.code == 0 and "read 1 bytes" in r.out and cache.read_bytes() == b"++"
     r = cli("engine-info", plan)
     assert r.code == 0 and "bagcams" in r.out and version in r.out, r.out + r.err
-    r = cli("verify", plan, "--checkpoint", checkpoints["resnet18"], "--num-random", "2")
+    config_class = type(build.config)
+    accepting = config_class.set_timing_cache
+    config_class.set_timing_cache = lambda self, cache, ignore_mismatch: False  # another GPU's cache
+    try:
+        assert_one_line_error(cli(*args), "refused the timing cache")
+    finally:
+        config_class.set_timing_cache = accepting
+    r = cli("verify", plan, "--checkpoint", checkpoints["resnet18"], "--num-random", "2", "--seed", "0")
     assert r.code == 0, r.out + r.err
     assert "tensorrt vs torch-reference" in r.out and "PASS" in r.out, r.out
 
@@ -283,3 +298,20 @@ def test_backends_command_names_a_tensorrt_too_old(fakes):
     trt.__version__ = "10.0.1.6"
     row = {s.name: s for s in backend_statuses()}["tensorrt"]
     assert not row.available and "TensorRT 10.0.1.6 is too old" in row.detail
+
+
+def test_an_engine_backend_serves_calls_from_any_thread(fakes, graphs, tmp_path):
+    """PyCUDA needs its context on the calling thread's own stack: each call pushes the primary
+    context, so a backend activated in one thread serves calls from others (as a server's pool)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, drv, _ = fakes
+    plan = fake_plan(graphs["nocam"], tmp_path / "m.plan")
+    images = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    with create_backend("tensorrt", graph=plan) as b, OrtBackend(str(graphs["cam"])) as ort:
+        want = ort.infer(images)["cam"]
+        with ThreadPoolExecutor(3) as pool:
+            outs = list(pool.map(lambda n: b.infer(images[:n]), (1, 2, 1, 2, 2)))
+        assert drv.context_depth() == 0
+    for out in outs:
+        np.testing.assert_allclose(out["cam"], want[: len(out["cam"])], atol=1e-5)

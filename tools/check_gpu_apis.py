@@ -12,7 +12,7 @@ an engine or a kernel; it proves that the names, enum members and call shapes ex
 - TensorRT: the bindings wheels (``tensorrt-cu12-bindings`` / ``tensorrt-cu13-bindings``, ~1.3 MB)
   come from PyPI; ``runtime/tensorrt_build.py`` and ``runtime/tensorrt_backend.py`` are checked.
 - PyCUDA: built from its sdist for the running interpreter by ``tools/build_pycuda_wheel.sh`` (needs
-  the CUDA headers and nvcc, ~1.5 min); ``kernels/launcher.py``, ``kernels/bandwidth.py``,
+  the CUDA headers and nvcc, ~1.5 min); ``kernels/cuda_context.py``, ``kernels/launcher.py``, ``kernels/bandwidth.py``,
   ``runtime/environment.py`` and both TensorRT modules are checked.
 
     python tools/check_gpu_apis.py --report benchmarks/results/gpu_api_check.md
@@ -40,6 +40,7 @@ REPO = HERE.parent
 DEFAULT_TENSORRT = ("10.13.3.9", "11.4.0.106")
 TENSORRT_FILES = ("bagcams_deploy/runtime/tensorrt_build.py", "bagcams_deploy/runtime/tensorrt_backend.py")
 PYCUDA_FILES = (
+    "bagcams_deploy/kernels/cuda_context.py",
     "bagcams_deploy/kernels/launcher.py",
     "bagcams_deploy/kernels/bandwidth.py",
     "bagcams_deploy/runtime/environment.py",

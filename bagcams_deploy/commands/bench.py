@@ -93,6 +93,7 @@ GPU_COLUMNS = (  # (header, key in a row's extra, scale)
     ("copy in ms", "stage_h2d_s", 1e3),
     ("engine ms", "stage_engine_s", 1e3),
     ("kernel ms", "stage_kernel_s", 1e3),
+    ("graph ms (engine + kernel)", "stage_graph_s", 1e3),
     ("copy out ms", "stage_d2h_s", 1e3),
     ("GPU MB", "gpu_memory_mb", 1.0),
     ("kernel GB/s", "kernel_gbps", 1.0),

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bagcams_deploy.errors import BagcamsError, require
+from bagcams_deploy.kernels.cuda_context import PrimaryContext
 
 KERNEL_DIR = Path(__file__).resolve().parent
 FATBIN = KERNEL_DIR / "bagcams_kernels.fatbin"
@@ -199,8 +200,18 @@ class AggregationKernel:
         self.method = method
         self.dtype = _dtype_key(dtype)
         self._drv = require("pycuda.driver", "the CUDA aggregation kernel", _PYCUDA_HINT)
-        self._ensure_context()
+        self._context = PrimaryContext(self._drv, what="the CUDA aggregation kernel")
+        self._workspace = None
+        self._workspace_bytes = 0
+        # earlier, smaller workspaces: a captured CUDA graph may still point into them (freed by close)
+        self._retired: list = []
+        with self._context:
+            self._setup(force_source)
+
+    def _setup(self, force_source: bool) -> None:
+        """Load the module and query the device (inside the primary context)."""
         self.module, self.module_origin = self._load_module(force_source)
+        method = self.method
         suffix = f"{method}_{DTYPES[self.dtype]}"
         self.partial_name = f"bagcams_partial_{suffix}"
         self._partial_smem = self._function(self.partial_name, ARG_TYPES["bagcams_partial"])
@@ -218,31 +229,15 @@ class AggregationKernel:
             self._smem_limit = self._raise_smem_limit()
         except self._drv.Error as exc:
             raise _error(f"cannot query the CUDA device for {self.partial_name}: {exc}") from exc
-        self._workspace = None
-        self._workspace_bytes = 0
+
+    def close(self) -> None:
+        """Free the workspaces (after the last launch that uses them has completed)."""
+        with self._context:
+            for buf in [*self._retired, *([self._workspace] if self._workspace is not None else [])]:
+                buf.free()
+        self._retired, self._workspace, self._workspace_bytes = [], None, 0
 
     # -- setup ----------------------------------------------------------------------------------
-
-    def _ensure_context(self) -> None:
-        drv = self._drv
-        try:
-            drv.init()
-            if drv.Device.count() < 1:
-                raise BagcamsError("the CUDA aggregation kernel found no CUDA device")
-        except drv.Error as exc:
-            raise BagcamsError(f"the CUDA aggregation kernel found no usable CUDA device: {exc}") from exc
-        try:
-            drv.Context.get_device()  # raises when no context is current
-            return
-        except drv.Error:
-            pass
-        # Retain the device's primary context: the one the CUDA runtime (TensorRT, torch) uses.
-        try:
-            import pycuda.autoprimaryctx
-        except ImportError:  # PyCUDA older than 2021.1
-            import pycuda.autoinit  # noqa: F401
-        except Exception as exc:
-            raise BagcamsError(f"the CUDA aggregation kernel could not create a CUDA context: {exc}") from exc
 
     def _load_module(self, force_source: bool):
         drv = self._drv
@@ -307,7 +302,7 @@ class AggregationKernel:
     def _ensure_workspace(self, nbytes: int) -> int:
         if self._workspace is None or self._workspace_bytes < nbytes:
             if self._workspace is not None:
-                self._workspace.free()
+                self._retired.append(self._workspace)  # not freed: a captured graph may use it
             try:
                 self._workspace = self._drv.mem_alloc(nbytes)
             except self._drv.Error as exc:
@@ -344,8 +339,26 @@ class AggregationKernel:
         """Enqueue the map computation on device buffers given as raw device pointers (ints).
 
         ``features_ptr``/``gradients_ptr``: ``[n, k, h, w]`` C-contiguous arrays of this kernel's
-        dtype; ``out_ptr``: ``[n, 1, out_h, out_w]`` float32. Nothing is synchronised.
+        dtype; ``out_ptr``: ``[n, 1, out_h, out_w]`` float32. Nothing is synchronised. Runs in the
+        device's primary context, from any thread.
         """
+        with self._context:
+            self._launch(features_ptr, gradients_ptr, out_ptr, n, k, h, w, out_h, out_w, gradient_scale, stream)
+
+    def _launch(
+        self,
+        features_ptr: Any,
+        gradients_ptr: Any,
+        out_ptr: Any,
+        n: int,
+        k: int,
+        h: int,
+        w: int,
+        out_h: int,
+        out_w: int,
+        gradient_scale: float = 1.0,
+        stream: Any = None,
+    ) -> None:
         plan = self.plan(n, k, h, w, out_h, out_w)
         scale = float(gradient_scale)
         if not math.isfinite(scale) or scale <= 0.0:
@@ -428,7 +441,15 @@ class AggregationKernel:
         out_h, out_w = (int(v) for v in size)
         n, k, h, w = features.shape
         self.plan(n, k, h, w, out_h, out_w)  # validates before allocating
+        with self._context:
+            return self._compute(features, gradients, (out_h, out_w), gradient_scale)
+
+    def _compute(
+        self, features: np.ndarray, gradients: np.ndarray, size: tuple[int, int], gradient_scale: float
+    ) -> np.ndarray:
         drv = self._drv
+        n, k, h, w = features.shape
+        out_h, out_w = size
         out = np.empty((n, 1, out_h, out_w), dtype=np.float32)
         buffers = []
         try:

@@ -42,6 +42,7 @@ class _Buffers:
     device: dict[str, object]
     host: dict[str, np.ndarray]
     kernel_cam: object | None
+    context: object  # the TensorRT execution context these buffers are bound to
     graph: object | None = None
 
     def free(self) -> None:
@@ -97,10 +98,18 @@ class TensorRTBackend(Backend):
         self._drv = require("pycuda.driver", f"backend {self.name}", _PYCUDA_HINT)
         system = current_system()
         check_plan_compatible(self.record, system, self.path)
+        from ..kernels.cuda_context import PrimaryContext
+
+        # TensorRT's runtime works in the device's primary context; our PyCUDA calls push that same
+        # context around every use (activate, infer, close), so any thread may make them.
+        self._cuda = PrimaryContext(self._drv, what=f"backend {self.name}")
+        with self._cuda:
+            self._activate()
+
+    def _activate(self) -> None:
         from ..kernels.launcher import AggregationKernel
 
         trt, drv = self._trt, self._drv
-        # The kernel launcher retains the device's primary context (the one TensorRT's runtime uses).
         self.kernel = None
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
@@ -124,8 +133,6 @@ class TensorRTBackend(Backend):
             if f_dt != g_dt:
                 raise BagcamsError(f"{self.path}: features are {f_dt} but gradients {g_dt}; the kernel needs one type")
             self.kernel = AggregationKernel(self._spec.method, f_dt.name)
-        else:
-            import pycuda.autoprimaryctx  # noqa: F401  - same primary context as TensorRT
         self.stream = drv.Stream()
         self._events = [drv.Event() for _ in range(5)]
         self._buffers: dict[int, _Buffers] = {}
@@ -133,8 +140,12 @@ class TensorRTBackend(Backend):
         self._profile = self.record["profile"]
 
     def deactivate_impl(self) -> None:
-        for b in self._buffers.values():
-            b.free()
+        with self._cuda:
+            self.stream.synchronize()
+            for b in self._buffers.values():
+                b.free()
+            if self.kernel is not None and hasattr(self.kernel, "close"):
+                self.kernel.close()
         self._buffers = {}
         self._last = None
         self.context = None
@@ -152,7 +163,12 @@ class TensorRTBackend(Backend):
                 f"batch of {n} is outside the engine's profile ({lo}..{hi}); rebuild with build-engine "
                 f"--min-batch/--max-batch, or use a batch size in range"
             )
-        drv, ctx = self._drv, self.context
+        drv = self._drv
+        # A CUDA graph fixes the shapes and addresses of the execution context it was captured with:
+        # each captured batch size gets a context of its own.
+        ctx = self.engine.create_execution_context() if self.cuda_graph and self._buffers else self.context
+        if ctx is None:
+            raise BagcamsError(f"TensorRT could not create an execution context for {self.path}")
         h, w = self._spec.input_size
         if not ctx.set_input_shape("image", (n, 3, h, w)) or not ctx.set_input_shape("class_id", (n,)):
             raise BagcamsError(f"TensorRT refused input shape [{n}, 3, {h}, {w}] for {self.path}")
@@ -172,17 +188,22 @@ class TensorRTBackend(Backend):
             for buf in device.values():
                 buf.free()
             raise BagcamsError(f"cannot allocate GPU buffers for a batch of {n}: {exc}") from None
-        buffers = _Buffers(n, device, host, kernel_cam)
+        buffers = _Buffers(n, device, host, kernel_cam, ctx)
         self._buffers[n] = buffers
-        total = sum(a.nbytes for a in host.values())
-        self.gpu_memory_mb = (total + int(self.engine.device_memory_size_v2)) / 2**20
+        total = sum(a.nbytes for b in self._buffers.values() for a in b.host.values())
+        contexts = len({id(b.context) for b in self._buffers.values()})
+        self.gpu_memory_mb = (total + contexts * int(self.engine.device_memory_size_v2)) / 2**20
         return buffers
 
     # -- inference -------------------------------------------------------------------------------
 
+    def _context_of(self, b: _Buffers):
+        """The execution context ``b`` is bound to: its own when graphs are captured, else the one."""
+        return b.context if self.cuda_graph else self.context
+
     def _enqueue(self, b: _Buffers, timed: bool = True) -> None:
         """Engine + kernel on the stream (the part a CUDA graph captures, untimed)."""
-        ctx, s, ev = self.context, self.stream, self._events
+        ctx, s, ev = self._context_of(b), self.stream, self._events
         if timed:
             ev[1].record(s)
         if not ctx.execute_async_v3(s.handle):
@@ -207,6 +228,10 @@ class TensorRTBackend(Backend):
         written) and its fraction of the copy's. None for ``tensorrt-cam`` or before the first batch."""
         if not self.use_kernel or self._last is None:
             return None
+        with self._cuda:
+            return self._kernel_bandwidth(iters, copy_mib)
+
+    def _kernel_bandwidth(self, iters: int, copy_mib: int) -> dict:
         from ..kernels.bandwidth import DeviceCopy, aggregation_bytes, time_events
 
         b, drv = self._last, self._drv
@@ -230,11 +255,15 @@ class TensorRTBackend(Backend):
         }
 
     def infer_impl(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
+        with self._cuda:
+            return self._infer(images, class_ids)
+
+    def _infer(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
         drv, s, ev = self._drv, self.stream, self._events
         n = images.shape[0]
         t0 = time.perf_counter()
         b = self._last = self._buffers_for(n)
-        ctx = self.context
+        ctx = self._context_of(b)
         h, w = self._spec.input_size
         ctx.set_input_shape("image", (n, 3, h, w))
         ctx.set_input_shape("class_id", (n,))
@@ -256,8 +285,7 @@ class TensorRTBackend(Backend):
                     b.graph = graph
                 ev[1].record(s)
                 b.graph.launch(s.handle)
-                ev[2].record(s)
-                ev[3].record(s)
+                ev[3].record(s)  # one replay: engine and kernel are not told apart
             else:
                 self._enqueue(b)
             wanted = self.fetch or (*self.graph_outputs, "cam")
@@ -271,12 +299,12 @@ class TensorRTBackend(Backend):
         except drv.Error as exc:
             raise BagcamsError(f"{self.name} failed on {self.path}: {exc}") from None
         self.last_inference_time = time.perf_counter() - t0
-        self.stage_times = {
-            "h2d": ev[1].time_since(ev[0]) / 1e3,
-            "engine": ev[2].time_since(ev[1]) / 1e3,
-            "kernel": ev[3].time_since(ev[2]) / 1e3,
-            "d2h": ev[4].time_since(ev[3]) / 1e3,
-        }
+        middle = (
+            {"graph": ev[3].time_since(ev[1]) / 1e3}
+            if self.cuda_graph
+            else {"engine": ev[2].time_since(ev[1]) / 1e3, "kernel": ev[3].time_since(ev[2]) / 1e3}
+        )
+        self.stage_times = {"h2d": ev[1].time_since(ev[0]) / 1e3, **middle, "d2h": ev[4].time_since(ev[3]) / 1e3}
         out = {}
         for name in dict.fromkeys(wanted):
             if name in b.host:

@@ -226,7 +226,12 @@ def build_engine(
     if cache_path is not None:
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
         cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
+            # refused (made on another GPU or TensorRT): fail now, not after minutes of building
+            raise BagcamsError(
+                f"TensorRT refused the timing cache {cache_path} (made with another GPU or TensorRT?): "
+                "delete it or give another --timing-cache"
+            )
         say(f"timing cache {cache_path} ({'read ' + str(len(blob)) + ' bytes' if blob else 'new'})")
 
     batches = f"{profile.min_batch}/{profile.opt_batch}/{profile.max_batch}"
