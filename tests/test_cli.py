@@ -246,3 +246,11 @@ def test_backends_and_model_files_must_match(cli, checkpoints, exported, tmp_pat
     r = cli("bench", exported, "--checkpoint", ckpt, "--backends", "torch-reference,ort-cpu,tensorrt")
     assert_one_line_error(r, "backend tensorrt runs a TensorRT plan")
     assert "torch-reference" not in r.out
+
+
+def test_export_warns_that_pcs_in_half_precision_fails_verify(cli, checkpoints, tmp_path):
+    r = cli("export", checkpoints["resnet18"], "-o", tmp_path / "p.onnx", "--method", "pcs", "--precision", "fp16",
+            "--input-size", "64")  # fmt: skip
+    assert r.code == 0 and "warning: PCS in fp16" in r.err and (tmp_path / "p.onnx").is_file()
+    r = cli("export", checkpoints["resnet18"], "-o", tmp_path / "b.onnx", "--precision", "fp16", "--input-size", "64")
+    assert r.code == 0 and "warning" not in r.err

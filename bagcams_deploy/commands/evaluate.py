@@ -193,7 +193,7 @@ def localize(
     inputs: list[Path] = typer.Argument(..., metavar="IMAGE_OR_DIR...", help="image files or folders"),
     model: Path = typer.Option(..., "--model", help=".onnx, .plan or a checkpoint"),
     out: Path = typer.Option(..., "--out", help="output folder"),
-    threshold: float = typer.Option(None, "--threshold", help="box threshold on the [0,1] map (default 0.5)"),
+    threshold: float = typer.Option(None, "--threshold", help="box threshold, fraction of the map maximum (0.5)"),
     auto: bool = typer.Option(False, "--auto", help="per-image threshold by Otsu's method instead of --threshold"),
     multi_contour: bool = typer.Option(False, "--multi-contour", help="a box per contour (default: the largest)"),
     backend: str = typer.Option(None, "--backend"),

@@ -59,6 +59,9 @@ def export(
         f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB, opset {r.opset}, {r.precision}) in {r.seconds:.1f}s: "
         f"{r.method} at {r.target_layer}; outputs {', '.join(r.outputs)}"
     )
+    if r.method == "pcs" and r.precision != "fp32":
+        # PCS sums g*F over channels, which cancels: half precision moves most pixels (README, Accuracy)
+        typer.echo(f"warning: PCS in {r.precision} fails verify's pixels bar on most images; use fp32", err=True)
 
 
 BAR_PRESETS = ("fp32", "tf32", "fp16", "bf16")
