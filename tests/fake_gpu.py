@@ -338,8 +338,8 @@ def make_kernel_class(memory: Memory, drv: types.ModuleType) -> type:
     class AggregationKernel:
         """The map from device buffers by the Python formula (the real kernel is tested against it)."""
 
-        def __init__(self, method: str, dtype: str = "float32") -> None:
-            self.method, self.dtype = method, np.dtype(dtype)
+        def __init__(self, method: str, dtype: str = "float32", keep_old_workspaces: bool = False) -> None:
+            self.method, self.dtype, self.keep_old_workspaces = method, np.dtype(dtype), keep_old_workspaces
 
         def launch(self, f_ptr, g_ptr, out_ptr, n, k, h, w, out_h, out_w, gradient_scale=1.0, stream=None) -> None:
             drv.log.append("kernel")

@@ -315,3 +315,14 @@ def test_an_engine_backend_serves_calls_from_any_thread(fakes, graphs, tmp_path)
         assert drv.context_depth() == 0
     for out in outs:
         np.testing.assert_allclose(out["cam"], want[: len(out["cam"])], atol=1e-5)
+
+
+def test_the_device_checked_is_the_device_used(fakes, graphs, tmp_path, monkeypatch):
+    """The plan is checked against, and run on, one device: the current context's, else CUDA_DEVICE."""
+    plan = fake_plan(graphs["nocam"], tmp_path / "m.plan")
+    monkeypatch.setenv("CUDA_DEVICE", "3")
+    with pytest.raises(BagcamsError, match="CUDA_DEVICE='3' is not one of the 1 visible devices"):
+        create_backend("tensorrt", graph=plan).activate()
+    monkeypatch.setenv("CUDA_DEVICE", "0")
+    with create_backend("tensorrt", graph=plan) as b:
+        assert b._cuda.device.name() == fake_gpu.DEVICE_NAME

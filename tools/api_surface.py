@@ -373,9 +373,12 @@ class SurfaceChecker:
         return self._member(base, name, node, optional=len(node.args) == 3)
 
     def _own_method(self, func: ast.AST) -> ast.FunctionDef | None:
-        """``self.name`` naming a method defined in the checked file (followed for its return value)."""
+        """``self.name`` or a plain ``name`` naming a method or function defined in the checked file
+        (followed for its return value)."""
         if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
             return self._methods.get(func.attr)
+        if isinstance(func, ast.Name):
+            return self._methods.get(func.id)
         return None
 
     def _returns_of(self, fn: ast.FunctionDef) -> Any:

@@ -61,7 +61,7 @@ def export(
     )
     if r.method == "pcs" and r.precision != "fp32":
         # PCS sums g*F over channels, which cancels: half precision moves most pixels (README, Accuracy)
-        typer.echo(f"warning: PCS in {r.precision} fails verify's pixels bar on most images; use fp32", err=True)
+        typer.echo(f"warning: PCS in {r.precision} moves most map pixels (fp16 fails verify); use fp32", err=True)
 
 
 BAR_PRESETS = ("fp32", "tf32", "fp16", "bf16")

@@ -1,7 +1,8 @@
 """The CUDA context our PyCUDA code runs in: the device's primary context, pushed around every use.
 
-Why not ``pycuda.autoprimaryctx`` once: PyCUDA allocates, loads modules, makes streams and launches
-only while a context is on *its own* per-thread context stack; it does not look at the driver's
+Why not ``pycuda.autoprimaryctx`` once: PyCUDA allocates, loads modules and makes streams and events
+only while a context is on *its own* per-thread context stack (and frees them in the context they were
+made in); it does not look at the driver's
 current context. The CUDA runtime (TensorRT deserialising an engine, torch on CUDA) makes the primary
 context current without putting it on that stack, so PyCUDA then fails with "invalid device context";
 and a context pushed in one thread is missing in the next, where a server's calls may come from.
@@ -11,26 +12,44 @@ and pushing it for each use works in any thread, whatever ran first.
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Any
 
 from ..errors import BagcamsError
 
 
-class PrimaryContext:
-    """``with ctx: ...`` runs PyCUDA calls in device ``device``'s primary context, in any thread."""
+def cuda_device(drv: ModuleType, what: str = "CUDA") -> Any:
+    """The device our GPU code runs on, and the one a plan is checked against: that of the current
+    context when there is one (torch or TensorRT chose it), else ``CUDA_DEVICE`` (as PyCUDA's own
+    ``autoprimaryctx``), else device 0; ``CUDA_VISIBLE_DEVICES`` selects among the GPUs."""
+    try:
+        drv.init()
+        count = drv.Device.count()
+    except drv.Error as exc:
+        raise BagcamsError(f"{what} found no usable CUDA device: {exc}") from None
+    if count < 1:
+        raise BagcamsError(f"{what} needs a CUDA GPU; none is visible")
+    try:
+        return drv.Context.get_device()
+    except drv.Error:  # no current context
+        pass
+    raw = os.environ.get("CUDA_DEVICE", "0")
+    if not raw.isdigit() or int(raw) >= count:
+        raise BagcamsError(f"CUDA_DEVICE={raw!r} is not one of the {count} visible devices (0..{count - 1})")
+    try:
+        return drv.Device(int(raw))
+    except drv.Error as exc:
+        raise BagcamsError(f"{what} cannot open CUDA device {raw}: {exc}") from None
 
-    def __init__(self, drv: ModuleType, device: int = 0, what: str = "CUDA") -> None:
+
+class PrimaryContext:
+    """``with ctx: ...`` runs PyCUDA calls in the primary context of :func:`cuda_device`, in any thread."""
+
+    def __init__(self, drv: ModuleType, what: str = "CUDA") -> None:
         self._drv = drv
+        self.device = cuda_device(drv, what)
         try:
-            drv.init()
-            count = drv.Device.count()
-        except drv.Error as exc:
-            raise BagcamsError(f"{what} found no usable CUDA device: {exc}") from None
-        if count <= device:
-            raise BagcamsError(f"{what} needs CUDA device {device}; {count} visible")
-        try:
-            self.device = drv.Device(device)
             self.context: Any = self.device.retain_primary_context()
         except drv.Error as exc:
             raise BagcamsError(f"{what} could not retain the CUDA primary context: {exc}") from None

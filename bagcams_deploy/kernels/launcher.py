@@ -194,7 +194,11 @@ class AggregationKernel:
     stream (the workspace is not shared safely between streams running at the same time).
     """
 
-    def __init__(self, method: str, dtype: Any = "float32", *, force_source: bool = False) -> None:
+    def __init__(
+        self, method: str, dtype: Any = "float32", *, force_source: bool = False, keep_old_workspaces: bool = False
+    ) -> None:
+        """``keep_old_workspaces``: a grown workspace keeps the old one until :meth:`close`, for callers
+        that capture launches into CUDA graphs (a graph keeps the address it captured)."""
         if method not in METHOD_TRAITS:
             raise BagcamsError(f"unknown kernel method {method!r}; valid: {', '.join(METHODS)}")
         self.method = method
@@ -203,8 +207,8 @@ class AggregationKernel:
         self._context = PrimaryContext(self._drv, what="the CUDA aggregation kernel")
         self._workspace = None
         self._workspace_bytes = 0
-        # earlier, smaller workspaces: a captured CUDA graph may still point into them (freed by close)
-        self._retired: list = []
+        self._keep_old = keep_old_workspaces
+        self._retired: list = []  # earlier workspaces a captured CUDA graph may still use (freed by close)
         with self._context:
             self._setup(force_source)
 
@@ -302,7 +306,10 @@ class AggregationKernel:
     def _ensure_workspace(self, nbytes: int) -> int:
         if self._workspace is None or self._workspace_bytes < nbytes:
             if self._workspace is not None:
-                self._retired.append(self._workspace)  # not freed: a captured graph may use it
+                if self._keep_old:
+                    self._retired.append(self._workspace)
+                else:
+                    self._workspace.free()  # cuMemFree waits for the launches that use it
             try:
                 self._workspace = self._drv.mem_alloc(nbytes)
             except self._drv.Error as exc:

@@ -15,6 +15,7 @@ checked against the running TensorRT and GPU before the plan is deserialized.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
@@ -132,7 +133,7 @@ class TensorRTBackend(Backend):
             f_dt, g_dt = self.dtypes["features"], self.dtypes["gradients"]
             if f_dt != g_dt:
                 raise BagcamsError(f"{self.path}: features are {f_dt} but gradients {g_dt}; the kernel needs one type")
-            self.kernel = AggregationKernel(self._spec.method, f_dt.name)
+            self.kernel = AggregationKernel(self._spec.method, f_dt.name, keep_old_workspaces=self.cuda_graph)
         self.stream = drv.Stream()
         self._events = [drv.Event() for _ in range(5)]
         self._buffers: dict[int, _Buffers] = {}
@@ -140,17 +141,23 @@ class TensorRTBackend(Backend):
         self._profile = self.record["profile"]
 
     def deactivate_impl(self) -> None:
+        # Everything PyCUDA made is freed and dropped inside the pushed context: freed elsewhere (another
+        # thread than the one that activated) it would leak silently.
+        drv = self._drv
         with self._cuda:
-            self.stream.synchronize()
+            with contextlib.suppress(drv.Error):  # a sticky error of an earlier launch: free anyway
+                self.stream.synchronize()
             for b in self._buffers.values():
                 b.free()
             if self.kernel is not None and hasattr(self.kernel, "close"):
                 self.kernel.close()
-        self._buffers = {}
-        self._last = None
-        self.context = None
-        self.engine = None
-        self.kernel = None
+            self._buffers = {}
+            self._last = None
+            self.context = None
+            self.engine = None
+            self.kernel = None
+            self.stream = None
+            self._events = []
 
     # -- buffers ---------------------------------------------------------------------------------
 

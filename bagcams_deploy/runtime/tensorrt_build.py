@@ -138,18 +138,13 @@ def read_sidecar(plan: str | Path) -> dict:
 
 def current_system() -> SystemInfo:
     """The running TensorRT version and the CUDA device engines will run on (needs tensorrt and pycuda):
-    the device of the current context when there is one, else device 0, which is where TensorRT and
-    our kernel put their context (choose the GPU with ``CUDA_VISIBLE_DEVICES``)."""
+    :func:`~bagcams_deploy.kernels.cuda_context.cuda_device`, the one the backend's context uses."""
+    from ..kernels.cuda_context import cuda_device
+
     trt = require("tensorrt", "TensorRT engines", _TRT_HINT)
     drv = require("pycuda.driver", "TensorRT engines", _PYCUDA_HINT)
+    dev = cuda_device(drv, "TensorRT engines")  # the device the backend will run on
     try:
-        drv.init()
-        if drv.Device.count() < 1:
-            raise BagcamsError("TensorRT engines need a CUDA GPU; none is visible")
-        try:
-            dev = drv.Context.get_device()
-        except drv.Error:  # no current context yet
-            dev = drv.Device(0)
         tensorrt_release(str(trt.__version__))
         return SystemInfo(str(trt.__version__), dev.name(), tuple(dev.compute_capability()))
     except drv.Error as exc:
