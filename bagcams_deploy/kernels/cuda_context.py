@@ -12,9 +12,11 @@ and pushing it for each use works in any thread, whatever ran first.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import BagcamsError
 
@@ -60,3 +62,20 @@ class PrimaryContext:
 
     def __exit__(self, *exc: object) -> None:
         self._drv.Context.pop()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def in_context(attribute: str) -> Callable[[F], F]:
+    """Run a method with the :class:`PrimaryContext` held in ``self.<attribute>`` pushed."""
+
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def pushed(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with getattr(self, attribute):
+                return method(self, *args, **kwargs)
+
+        return pushed  # type: ignore[return-value]
+
+    return decorate

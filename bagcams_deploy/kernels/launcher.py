@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bagcams_deploy.errors import BagcamsError, require
-from bagcams_deploy.kernels.cuda_context import PrimaryContext
+from bagcams_deploy.kernels.cuda_context import PrimaryContext, in_context
 
 KERNEL_DIR = Path(__file__).resolve().parent
 FATBIN = KERNEL_DIR / "bagcams_kernels.fatbin"
@@ -329,6 +329,7 @@ class AggregationKernel:
             f"handle), got {type(stream).__name__}"
         )
 
+    @in_context("_context")
     def launch(
         self,
         features_ptr: Any,
@@ -349,23 +350,6 @@ class AggregationKernel:
         dtype; ``out_ptr``: ``[n, 1, out_h, out_w]`` float32. Nothing is synchronised. Runs in the
         device's primary context, from any thread.
         """
-        with self._context:
-            self._launch(features_ptr, gradients_ptr, out_ptr, n, k, h, w, out_h, out_w, gradient_scale, stream)
-
-    def _launch(
-        self,
-        features_ptr: Any,
-        gradients_ptr: Any,
-        out_ptr: Any,
-        n: int,
-        k: int,
-        h: int,
-        w: int,
-        out_h: int,
-        out_w: int,
-        gradient_scale: float = 1.0,
-        stream: Any = None,
-    ) -> None:
         plan = self.plan(n, k, h, w, out_h, out_w)
         scale = float(gradient_scale)
         if not math.isfinite(scale) or scale <= 0.0:
@@ -423,6 +407,7 @@ class AggregationKernel:
                     f"CUDA kernel {name} failed for N={n} K={k} h={h} w={w} -> {out_h}x{out_w} ({self.dtype}): {exc}"
                 ) from exc
 
+    @in_context("_context")
     def compute(
         self,
         features: np.ndarray,
@@ -448,15 +433,7 @@ class AggregationKernel:
         out_h, out_w = (int(v) for v in size)
         n, k, h, w = features.shape
         self.plan(n, k, h, w, out_h, out_w)  # validates before allocating
-        with self._context:
-            return self._compute(features, gradients, (out_h, out_w), gradient_scale)
-
-    def _compute(
-        self, features: np.ndarray, gradients: np.ndarray, size: tuple[int, int], gradient_scale: float
-    ) -> np.ndarray:
         drv = self._drv
-        n, k, h, w = features.shape
-        out_h, out_w = size
         out = np.empty((n, 1, out_h, out_w), dtype=np.float32)
         buffers = []
         try:

@@ -53,16 +53,18 @@ def _version(module: str) -> str | None:
 
 
 def cuda_device() -> CudaDevice | str:
-    """The first CUDA device as PyCUDA (which our kernels use) or torch sees it, or why there is none."""
+    """The CUDA device our GPU code would run on, as PyCUDA (which our kernels use; the same rule as
+    the backends, :func:`bagcams_deploy.kernels.cuda_context.cuda_device`) or torch (device 0) sees
+    it, or why there is none."""
     reasons = []
     if _installed("pycuda"):
+        from ..kernels.cuda_context import cuda_device as kernel_device
+
         try:
-            drv = importlib.import_module("pycuda.driver")
-            drv.init()
-            if drv.Device.count() > 0:
-                dev = drv.Device(0)
-                return CudaDevice(dev.name(), tuple(dev.compute_capability()), "pycuda")
-            reasons.append("pycuda sees no CUDA device")
+            dev = kernel_device(importlib.import_module("pycuda.driver"), "pycuda")
+            return CudaDevice(dev.name(), tuple(dev.compute_capability()), "pycuda")
+        except BagcamsError as exc:  # e.g. "pycuda needs a CUDA GPU; none is visible"
+            reasons.append(str(exc))
         except Exception as exc:
             reasons.append(f"pycuda cannot use the CUDA driver ({str(exc).splitlines()[0][:80] if str(exc) else exc})")
     else:

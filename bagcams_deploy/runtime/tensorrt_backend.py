@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import BagcamsError, require
+from ..kernels.cuda_context import in_context
 from .base import Backend, BackendSpec
 from .ort_backend import spec_from_graph
 from .tensorrt_build import (
@@ -229,16 +230,13 @@ class TensorRTBackend(Backend):
         self.kernel.launch(int(b.device["features"]), int(b.device["gradients"]), int(b.kernel_cam),
                            n, k, fh, fw, h, w, self._spec.gradient_scale, self.stream)  # fmt: skip
 
+    @in_context("_cuda")
     def kernel_bandwidth(self, iters: int = 50, copy_mib: int = 256) -> dict | None:
         """The kernel alone on the last batch's engine buffers, launched back to back and timed with
         CUDA events, against a device-to-device copy measured now: achieved GB/s (F and g read, the map
         written) and its fraction of the copy's. None for ``tensorrt-cam`` or before the first batch."""
         if not self.use_kernel or self._last is None:
             return None
-        with self._cuda:
-            return self._kernel_bandwidth(iters, copy_mib)
-
-    def _kernel_bandwidth(self, iters: int, copy_mib: int) -> dict:
         from ..kernels.bandwidth import DeviceCopy, aggregation_bytes, time_events
 
         b, drv = self._last, self._drv
@@ -261,11 +259,8 @@ class TensorRTBackend(Backend):
             "kernel_fraction_of_copy": gbps / reference,
         }
 
+    @in_context("_cuda")
     def infer_impl(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
-        with self._cuda:
-            return self._infer(images, class_ids)
-
-    def _infer(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
         drv, s, ev = self._drv, self.stream, self._events
         n = images.shape[0]
         t0 = time.perf_counter()
