@@ -13,11 +13,14 @@ from bagcams_deploy.errors import BagcamsError
 from bagcams_deploy.evaluation import (
     BoxEvaluator,
     MaskEvaluator,
+    align_mask_ids,
     load_gt_mask,
     load_image,
+    load_mask_metadata,
     load_metadata,
     resize_box,
 )
+from bagcams_deploy.evaluation.runner import Scorer
 
 
 def write(folder: Path, **files: str) -> Path:
@@ -175,12 +178,7 @@ def test_missing_folder(tmp_path):
             "a/1.png,1,20,3,4\nb/2.png,1,2,3,4\n",
             r"localization\.txt:1: box .* x1 < x0 or y1 < y0",
         ),
-        (
-            "localization",
-            "a/1.png,1,2,3,4\nb/2.png,1,2,225,4\n",
-            r"localization\.txt:2: box .* outside the 224x224",
-        ),
-        ("localization", "a/1.png,-1,2,3,4\nb/2.png,1,2,3,4\n", r"localization\.txt:1: box .* outside"),
+        ("localization", "a/1.png,-1,2,3,4\nb/2.png,1,2,3,4\n", r"localization\.txt:1: box .* negative coordinate"),
         # ids without label / size / localization: the image_ids.txt line and the file lacking it
         (
             "class_labels",
@@ -202,6 +200,60 @@ def test_missing_folder(tmp_path):
 )
 def test_bad_metadata_lines(tmp_path, name, text, expected):
     assert re.search(expected, error_of(load_metadata, broken(tmp_path, **{name: text})))
+
+
+def test_boxes_past_the_edge_are_scored_as_given_with_a_note(tmp_path):
+    # wsolevaluation rescales such boxes unclipped; refusing them aborted a whole split for one line
+    loc = "a/1.png,100,50,499,299\na/1.png,0,0,501,10\nb/2.png,20,30,120,226\nb/2.png,1,1,224,224\n"
+    meta = load_metadata(broken(tmp_path, localization=loc))
+    assert meta.boxes["a/1.png"][1] == (0, 0, 501, 10) and meta.boxes["b/2.png"][0] == (20, 30, 120, 226)
+    assert meta.resized_boxes("a/1.png")[1].tolist() == [0, 0, int(501 * 224 / 500), int(10 * 224 / 300)]
+    (note,) = meta.notes
+    assert "2 box(es) reach past" in note and "first: line 2, (0, 0, 501, 10) in a 500x300 image" in note
+    assert (
+        load_metadata(broken(tmp_path / "ok", localization=loc.replace("501", "500")))
+        .notes[0]
+        .startswith(str(tmp_path / "ok" / "broken" / "localization.txt") + ": 1 box(es)")
+    )  # x1 == w (an exclusive edge) is inside; only b/2.png's y1 = 226 > 224 is noted
+    assert load_metadata(broken(tmp_path / "none")).notes == []
+
+
+def test_mask_split_needs_no_image_sizes(mask_set):
+    meta_dir, _ = mask_set
+    (meta_dir / "image_sizes.txt").unlink()  # wsolevaluation's OpenImages folders have none
+    meta = load_metadata(meta_dir)
+    assert meta.kind == "masks" and meta.image_sizes == {} and set(meta.mask_paths) == {"a/1.jpg", "a/2.jpg"}
+
+
+def test_mask_only_folder_with_prefixed_ids_is_aligned(mask_set, tmp_path):
+    """BagCAMs' CUBMask folder: a localization.txt only, ids with one more leading folder than CUB's."""
+    meta_dir, masks = mask_set
+    cub = load_metadata(meta_dir)
+    only = write(
+        tmp_path / "cubmask",
+        localization="test/a/1.jpg,a/i1.png,a/ign.png\ntest/a/1.jpg,a/i2.png,\ntest/a/2.jpg,a/i2.png,\n",
+    )
+    prefixed = load_mask_metadata(only)
+    assert prefixed.image_ids == ["test/a/1.jpg", "test/a/2.jpg"] and prefixed.notes == []
+    aligned = align_mask_ids(cub.image_ids, prefixed)
+    assert aligned.mask_paths == cub.mask_paths and aligned.ignore_paths == cub.ignore_paths
+    assert "without their first folder ('test/a/1.jpg' -> 'a/1.jpg')" in aligned.notes[0]
+    assert align_mask_ids(cub.image_ids, cub) is cub  # ids that match as written are kept
+    unrelated = align_mask_ids(["z/9.jpg"], prefixed)
+    assert unrelated is prefixed  # nothing to align with: the scorer names the missing mask
+    # scored through the aligned ids, the masks give the same numbers as the verbatim ones
+    m = np.random.default_rng(0).random((224, 224)).astype(np.float32)
+    pxap = []
+    for mm in (cub, prefixed):
+        scorer = Scorer(cub, mm, masks, interval=0.01)
+        for image_id in cub.image_ids:
+            scorer.add(image_id, m, None)
+        pxap.append(scorer.result(0.0).masks.pxap)
+    assert pxap[0] == pxap[1]
+    partial = load_mask_metadata(write(tmp_path / "partial", localization="test/a/1.jpg,a/i1.png,\n"))
+    with pytest.raises(BagcamsError, match=r"no mask for image a/2\.jpg in .*partial/localization\.txt"):
+        Scorer(cub, partial, masks).add("a/2.jpg", m, None)
+    assert "lists boxes, not masks" in error_of(load_mask_metadata, write(tmp_path / "boxes", **BOX_FILES))
 
 
 def test_mask_set_errors(mask_set):

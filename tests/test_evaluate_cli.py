@@ -76,6 +76,38 @@ def test_evaluate_onnx_then_precomputed_maps_give_the_same_numbers(cli, setup, t
     assert r3.code == 0 and s3["Top-1 Loc"] == pytest.approx(s3["GT-known Loc"]) and s3["Top-1 Cls"] == 100.0
 
 
+def test_evaluate_real_layouts_mask_folder_without_sizes_and_cubmask_ids(cli, setup, tmp_path):
+    """OpenImages folders have no image_sizes.txt; BagCAMs' CUBMask folder is a localization.txt whose
+    ids have one more leading folder. Both score the same masks as the plain layout."""
+    d = setup["data"]
+    plain = d / "metadata_masks" / "test"
+    cubmask = tmp_path / "CUBMask" / "test"
+    cubmask.mkdir(parents=True)
+    lines = (plain / "localization.txt").read_text().splitlines()
+    (cubmask / "localization.txt").write_text("".join(f"images/{line}\n" for line in lines))
+    mask_split = tmp_path / "openimages_like"
+    mask_split.mkdir()
+    for name in ("image_ids", "class_labels", "localization"):
+        (mask_split / f"{name}.txt").write_text((plain / f"{name}.txt").read_text())
+    common = ["--model", setup["graph"], "--data-root", d / "images", "--mask-root", d / "masks", "--cam-interval",
+              "0.01"]  # fmt: skip
+    summaries = []
+    for args in (
+        ["--metadata", d / "metadata" / "test", "--mask-metadata", plain],
+        ["--metadata", d / "metadata" / "test", "--mask-metadata", cubmask],
+        ["--metadata", mask_split],
+    ):
+        report = tmp_path / f"r{len(summaries)}.json"
+        r = cli("evaluate", *args, *common, "--report", report)
+        assert r.code == 0, r.err
+        summaries.append(next(iter(json.loads(report.read_text())["runs"].values()))["summary"])
+        if args[-1] == cubmask:
+            assert "note: " in r.err and "without their first folder" in r.err
+    for k in ("pIoU", "PxAP"):
+        assert summaries[0][k] is not None and summaries[1][k] == summaries[0][k] == summaries[2][k]
+    assert summaries[2].get("MaxBoxAccV2") is None  # a mask split has no boxes
+
+
 def test_evaluate_bad_input(cli, setup, tmp_path):
     d = setup["data"]
     assert_one_line_error(cli(*_args(setup)), "give exactly one of --model or --maps")

@@ -13,8 +13,10 @@ def register(app: typer.Typer) -> None:
 
 
 def backends() -> None:
-    """List every backend with the version that would run it or what is missing; the CUDA device and how
-    it gets the aggregation kernels (prebuilt machine code, PTX JIT, or a run-time compile)."""
+    """List every backend with its version or what it lacks, and how the GPU gets the kernels.
+
+    The CUDA device is reported with its route to the aggregation kernels: prebuilt machine code, PTX
+    JIT, or a run-time compile."""
     from ..kernels.fatbin import kernel_route, read_fatbin
     from ..kernels.launcher import FATBIN
     from ..runtime.environment import backend_statuses, cuda_device

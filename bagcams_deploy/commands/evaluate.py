@@ -52,7 +52,7 @@ def evaluate(
     data_root: Path = typer.Option(None, "--data-root", help="folder the image ids are relative to"),
     mask_root: Path = typer.Option(None, "--mask-root", help="folder the mask paths are relative to"),
     mask_metadata: Path = typer.Option(
-        None, "--mask-metadata", help="metadata folder whose localization.txt lists masks"
+        None, "--mask-metadata", help="folder whose localization.txt lists the masks (when --metadata has boxes)"
     ),
     backend: str = typer.Option(
         None,
@@ -83,7 +83,7 @@ def evaluate(
     plot: Path = typer.Option(None, "--plot", help="folder for the accuracy-vs-threshold and PR curves (PNG)"),
 ) -> None:
     """Top-1 Loc, GT-known Loc, MaxBoxAccV2 (and pIoU/PxAP with masks), wsolevaluation's definitions."""
-    from ..evaluation import load_metadata, plot_metrics
+    from ..evaluation import align_mask_ids, load_mask_metadata, load_metadata, plot_metrics
     from ..evaluation.boxes import MIN_CAM_INTERVAL
     from ..evaluation.runner import Scorer, evaluate_backend, evaluate_maps, read_predictions
     from ..outputs import output_dir, output_file
@@ -112,9 +112,9 @@ def evaluate(
     if model is not None and predictions is not None:
         raise BagcamsError("--predictions is for --maps; with --model the model's own predictions are used")
     meta = load_metadata(metadata)
-    mask_meta = load_metadata(mask_metadata) if mask_metadata else None
-    if mask_meta is not None and mask_meta.kind != "masks":
-        raise BagcamsError(f"{mask_metadata}/localization.txt lists boxes, not masks")
+    mask_meta = align_mask_ids(meta.image_ids, load_mask_metadata(mask_metadata)) if mask_metadata else None
+    for note in meta.notes + (mask_meta.notes if mask_meta else []):
+        typer.echo(f"note: {note}", err=True)
 
     def scorer() -> Scorer:
         return Scorer(meta, mask_meta, mask_root, cam_interval, multi_contour=not single_contour)

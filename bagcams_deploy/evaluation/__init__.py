@@ -25,8 +25,10 @@ from bagcams_deploy.evaluation.boxes import (
 from bagcams_deploy.evaluation.mask_metrics import IGNORE_VALUE, MaskEvaluator, MaskMetrics
 from bagcams_deploy.evaluation.metadata import (
     WSOLMetadata,
+    align_mask_ids,
     load_gt_mask,
     load_image,
+    load_mask_metadata,
     load_metadata,
     resize_box,
 )
@@ -42,6 +44,7 @@ __all__ = [
     "MaskEvaluator",
     "MaskMetrics",
     "WSOLMetadata",
+    "align_mask_ids",
     "box_iou",
     "boxes_at_thresholds",
     "boxes_at_thresholds_reference",
@@ -49,6 +52,7 @@ __all__ = [
     "cam_thresholds",
     "load_gt_mask",
     "load_image",
+    "load_mask_metadata",
     "load_metadata",
     "markdown_table",
     "metrics_rows",

@@ -22,7 +22,7 @@ from ..runtime.base import Backend, score_maps
 from .box_metrics import BoxEvaluator, BoxMetrics, box_metric_name
 from .boxes import RESIZE_LENGTH
 from .mask_metrics import MaskEvaluator, MaskMetrics
-from .metadata import WSOLMetadata, load_gt_mask, load_image
+from .metadata import WSOLMetadata, align_mask_ids, load_gt_mask, load_image
 
 
 @dataclass
@@ -87,10 +87,11 @@ class Scorer:
         interval: float = 0.001,
         multi_contour: bool = True,
     ):
-        self.meta, self.mask_meta = meta, mask_meta
+        self.meta = meta
+        self.mask_meta = meta if meta.kind == "masks" and mask_meta is None else mask_meta
+        if self.mask_meta is not None:
+            self.mask_meta = align_mask_ids(meta.image_ids, self.mask_meta)
         self.mask_root = Path(mask_root) if mask_root else None
-        if meta.kind == "masks" and mask_meta is None:
-            self.mask_meta = meta
         if self.mask_meta is not None and self.mask_root is None:
             raise BagcamsError("mask metadata given without --mask-root (the folder the mask paths are relative to)")
         self.box_eval = BoxEvaluator(interval=interval, multi_contour=multi_contour) if meta.kind == "boxes" else None
