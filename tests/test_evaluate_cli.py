@@ -4,6 +4,7 @@ through the ONNX backend, through precomputed maps, and against the reference.""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -106,6 +107,28 @@ def test_evaluate_real_layouts_mask_folder_without_sizes_and_cubmask_ids(cli, se
     for k in ("pIoU", "PxAP"):
         assert summaries[0][k] is not None and summaries[1][k] == summaries[0][k] == summaries[2][k]
     assert summaries[2].get("MaxBoxAccV2") is None  # a mask split has no boxes
+
+
+def test_evaluate_notes_image_files_whose_size_differs_from_the_metadata(cli, setup, tmp_path):
+    # GT boxes are rescaled from image_sizes.txt (as wsolevaluation does): a resized file is worth a note
+    d = setup["data"]
+    meta = tmp_path / "meta"
+    shutil.copytree(d / "metadata" / "test", meta)
+    sizes = (meta / "image_sizes.txt").read_text().splitlines()
+    image_id, w, h = sizes[1].split(",")
+    sizes[1] = f"{image_id},{int(w) * 2},{h}"
+    (meta / "image_sizes.txt").write_text("\n".join(sizes) + "\n")
+    report = tmp_path / "r.json"
+    r = cli("evaluate", "--metadata", meta, "--data-root", d / "images", "--model", setup["graph"], "--report", report,
+            "--cam-interval", "0.01")  # fmt: skip
+    assert r.code == 0, r.err
+    expected = f"1 image file(s) differ in size from {meta}/image_sizes.txt"
+    assert f"note: {expected}" in r.err and f"(first: {image_id} is {w}x{h}, listed as {int(w) * 2}x{h})" in r.err
+    rep = json.loads(report.read_text())
+    assert rep["notes"][0].startswith(expected) and next(iter(rep["runs"].values()))["notes"] == rep["notes"]
+    r = cli("evaluate", "--metadata", d / "metadata" / "test", "--data-root", d / "images", "--model", setup["graph"],
+            "--cam-interval", "0.01")  # fmt: skip
+    assert r.code == 0 and "note:" not in r.err
 
 
 def test_evaluate_bad_input(cli, setup, tmp_path):

@@ -113,7 +113,8 @@ def evaluate(
         raise BagcamsError("--predictions is for --maps; with --model the model's own predictions are used")
     meta = load_metadata(metadata)
     mask_meta = align_mask_ids(meta.image_ids, load_mask_metadata(mask_metadata)) if mask_metadata else None
-    for note in meta.notes + (mask_meta.notes if mask_meta else []):
+    notes = meta.notes + (mask_meta.notes if mask_meta else [])
+    for note in notes:  # before a run that may take an hour
         typer.echo(f"note: {note}", err=True)
 
     def scorer() -> Scorer:
@@ -170,11 +171,15 @@ def evaluate(
             f"{first.count} images, interval {cam_interval}, {first.count / max(first.seconds, 1e-9):.1f} img/s",
         )
     )
+    run_notes = list(dict.fromkeys(n for r in results.values() for n in r.notes))
+    for note in run_notes:
+        typer.echo(f"note: {note}", err=True)
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
         payload = {
             "metadata": str(metadata),
             "cam_interval": cam_interval,
+            "notes": notes + run_notes,
             "runs": {k: r.to_dict() for k, r in results.items()},
         }
         report.write_text(json.dumps(payload, indent=2, default=float))

@@ -35,6 +35,8 @@ class EvaluationResult:
     top1_cls: float | None
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    #: one-line remarks on the run (e.g. image files whose size differs from image_sizes.txt)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, float | None]:
         """The paper's table row: Top-1 Loc, GT-known Loc, MaxBoxAccV2 (named for its contour mode by
@@ -56,6 +58,7 @@ class EvaluationResult:
             "seconds": self.seconds,
             "boxes": self.boxes.to_dict() if self.boxes else None,
             "masks": self.masks.to_dict() if self.masks else None,
+            "notes": self.notes,
             **self.extra,
         }
 
@@ -100,6 +103,14 @@ class Scorer:
         self.seconds = 0.0  #: set by evaluate_backend for an extra backend's scorer
         self.correct = 0
         self.with_predictions = 0
+        self.size_mismatches: list[tuple[str, tuple[int, int], tuple[int, int]]] = []
+
+    def check_size(self, image_id: str, width: int, height: int) -> None:
+        """Record an image file whose size is not ``image_sizes.txt``'s: its GT boxes are rescaled from
+        the listed size (as wsolevaluation does), which is wrong if the file was resized since."""
+        listed = self.meta.image_sizes.get(image_id) if self.box_eval is not None else None
+        if listed is not None and listed != (width, height):
+            self.size_mismatches.append((image_id, listed, (width, height)))
 
     def add(self, image_id: str, score_map: np.ndarray, predicted: int | None) -> None:
         m = to_eval_size(score_map, f"score map of {image_id}")
@@ -139,7 +150,17 @@ class Scorer:
             count=self.count,
             top1_cls=top1,
             seconds=self.seconds if seconds is None else seconds,
+            notes=self._notes(),
         )
+
+    def _notes(self) -> list[str]:
+        if not self.size_mismatches:
+            return []
+        image_id, (lw, lh), (w, h) = self.size_mismatches[0]
+        return [
+            f"{len(self.size_mismatches)} image file(s) differ in size from {self.meta.root}/image_sizes.txt, "
+            f"whose sizes rescale the GT boxes (first: {image_id} is {w}x{h}, listed as {lw}x{lh})"
+        ]
 
 
 def _batches(ids: list[str], size: int) -> Iterator[list[str]]:
@@ -191,6 +212,9 @@ def evaluate_backend(
     for chunk in _batches(ids, batch_size):
         t0 = time.perf_counter()
         rgbs = [load_image(data_root, i) for i in chunk]
+        for image_id, rgb in zip(chunk, rgbs, strict=True):
+            for _, sc in runs:
+                sc.check_size(image_id, rgb.shape[1], rgb.shape[0])
         x = preprocess(rgbs, size, spec.mean, spec.std).numpy()
         labels = np.array([scorer.meta.class_labels[i] for i in chunk], dtype=np.int64)
         bad = labels[labels >= spec.num_classes]
