@@ -2,12 +2,15 @@
 
 Builds the program once per session with CMake exactly as examples/cpp/README.md says, runs it on
 images this test writes (one at the graph's size, others not, a grey one, RGBA, palette, a JPEG),
-and checks its maps match ONNX Runtime's ``cam`` on Python's pre-processing of the same files.
+and checks its maps match ONNX Runtime's ``cam`` on Python's pre-processing of the same files, and
+that its boxes are exactly the Python ``localize`` command's boxes of its own maps. The box rule
+alone is checked on crafted and random maps through the build's small ``bagcams_boxes`` tool.
 Set BAGCAMS_CPP_BUILD_DIR to keep the build between runs.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -56,8 +59,45 @@ def binary(module_tmp) -> Path:
     compiled = _run(["cmake", "--build", str(build), "-j2"])
     assert compiled.returncode == 0, f"build failed:\n{compiled.stdout[-4000:]}\n{compiled.stderr[-4000:]}"
     exe = build / "bagcams_localize"
-    assert exe.is_file()
+    assert exe.is_file() and (build / "bagcams_boxes").is_file()
     return exe
+
+
+def _python_boxes(score_map: np.ndarray, size: tuple[int, int], threshold: float, multi: bool = False) -> list:
+    """What the Python ``localize`` command reports for a map at the graph's size and an image (h, w)."""
+    from bagcams_deploy.evaluation.boxes import object_boxes
+    from bagcams_deploy.visualize import resize_map
+
+    return object_boxes(resize_map(score_map, size), threshold, multi)
+
+
+@functools.cache
+def _cv2_resizes_like_cpp() -> bool:
+    """Whether cv2.resize (what Python's resize_map runs) follows the rule examples/cpp/src/boxes.cpp
+    reproduces: the opencv-python wheels' Intel IPP path on an x86-64 CPU with AVX2 (fused
+    multiply-adds). Without IPP, or on IPP's SSE4.2 path, a few pixels round one float step apart,
+    and only maps at their own size can be compared exactly. Probed on a small map whose values have
+    10 bits, so that float64 holds each fused multiply-add's exact result."""
+    import cv2
+
+    src = (np.random.default_rng(7).integers(0, 1025, (7, 5)) / 1024).astype(np.float32)
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        lo = np.floor(x)
+        frac = (x - lo).astype(np.float32)
+        lo = lo.astype(np.int64)
+        frac[(lo < 0) | (lo >= n_in - 1)] = 0.0
+        lo = np.clip(lo, 0, n_in - 1)
+        return lo, np.minimum(lo + 1, n_in - 1), frac
+
+    def lerp(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> np.ndarray:
+        return (f.astype(np.float64) * (b - a).astype(np.float64) + a).astype(np.float32)
+
+    (y0, y1, fy), (x0, x1, fx) = axis(7, 31), axis(5, 23)
+    rows = lerp(src[:, x0], src[:, x1], fx[None, :])
+    expected = lerp(rows[y0], rows[y1], fy[:, None])
+    return bool(np.array_equal(cv2.resize(src, (23, 31), interpolation=cv2.INTER_LINEAR), expected))
 
 
 @pytest.fixture(scope="module")
@@ -163,20 +203,199 @@ def test_cpp_maps_match_python(binary, graph, images, tmp_path):
             w, h = info["image_size"]
             assert 0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h
         assert (out / f"{p.stem}_overlay.png").stat().st_size > 0
+        # the box: exactly Python localize's box of the same (C++) map, resized to the image
+        w, h = info["image_size"]
+        if (w, h) == (SIZE, SIZE) or _cv2_resizes_like_cpp():
+            assert info["threshold"] == 0.5
+            assert info["boxes"] == _python_boxes(got, (h, w), info["threshold"]), p.name
 
 
 def test_cpp_class_id_and_bench_line(binary, graph, images, tmp_path):
     out = tmp_path / "out"
     chosen = images[:2]
     r = _run([str(binary), "--model", str(graph), "--out", str(out), "--threads", "2", "--class-id", "7",
-              "--warmup", "1", "--repeat", "2", "--quiet", *map(str, chosen)])  # fmt: skip
+              "--warmup", "1", "--repeat", "2", "--quiet", "--threshold", "0.75", "--multi-contour",
+              *map(str, chosen)])  # fmt: skip
     assert r.returncode == 0, r.stderr
     bench = [json.loads(line[len("bench ") :]) for line in r.stdout.splitlines() if line.startswith("bench ")]
     assert len(bench) == 1 and bench[0]["batch"] == 2 and len(bench[0]["times_ms"]) == 2
     _, ref = _python_side(graph, chosen, class_id=7)
     for i, p in enumerate(chosen):
-        assert json.loads((out / f"{p.stem}.json").read_text())["class_id"] == 7
-        _assert_maps_agree(ref["cam"][i, 0], np.load(out / f"{p.stem}.npy"), f"{p.name} class 7")
+        info = json.loads((out / f"{p.stem}.json").read_text())
+        assert info["class_id"] == 7 and info["threshold"] == 0.75
+        got = np.load(out / f"{p.stem}.npy")
+        _assert_maps_agree(ref["cam"][i, 0], got, f"{p.name} class 7")
+        w, h = info["image_size"]
+        if (w, h) == (SIZE, SIZE) or _cv2_resizes_like_cpp():
+            assert info["boxes"] == _python_boxes(got, (h, w), 0.75, multi=True), p.name
+
+
+def _spiral(n: int) -> np.ndarray:
+    """A 1-pixel-wide square spiral with 1-pixel gaps in an n x n map: a long walk with many turns."""
+    m = np.zeros((n, n), np.float32)
+    y = x = 0
+    m[0, 0] = 1.0
+    lengths = [n - 1, n - 1, n - 1] + [k for k in range(n - 3, 0, -2) for _ in range(2)]
+    for i, length in enumerate(lengths):
+        dy, dx = ((0, 1), (1, 0), (0, -1), (-1, 0))[i % 4]
+        for _ in range(length):
+            y, x = y + dy, x + dx
+            m[y, x] = 1.0
+    return m
+
+
+def _crafted_maps() -> dict[str, np.ndarray]:
+    """Maps where the box rule is easy to get subtly wrong."""
+    maps = {}
+    # more pixels is not more area: a 30-pixel diagonal line and an L of 1-pixel lines (area 0, met
+    # first in raster order) against a filled 5x5 square (25 pixels, contourArea 16)
+    m = np.zeros((40, 60), np.float32)
+    for k in range(30):
+        m[1 + k, 2 + k] = 1.0
+    m[2:30, 40] = m[29, 40:58] = 1.0
+    m[33:38, 10:15] = 1.0
+    maps["square_vs_lines"] = m
+    # equal contour areas from different pixel counts (3x9: 27 px, 2x17: 34 px, 5x5: 25 px; all area
+    # 16), and near-equal ones below them in raster order (4x6: 24 px and 2x16: 32 px, area 15; a plus
+    # of 21 px, area 14)
+    m = np.zeros((48, 40), np.float32)
+    m[2:5, 2:11] = m[8:10, 3:20] = m[15:20, 25:30] = 1.0
+    m[24:28, 2:8] = m[32:34, 10:26] = 1.0
+    m[38:43, 20:23] = m[39:42, 19:24] = 1.0
+    maps["area_ties"] = m
+    # isolated single pixels only: every area is 0, the tie decides
+    m = np.zeros((31, 29), np.float32)
+    rng = np.random.default_rng(11)
+    for y in range(1, 31, 3):
+        for x in range(0, 29, 2):
+            if rng.random() < 0.4:
+                m[y, x] = 0.6 + 0.4 * rng.random()
+    maps["single_pixels"] = m
+    # 1-pixel lines only, horizontal, vertical, diagonal and anti-diagonal (area 0 each)
+    m = np.zeros((32, 32), np.float32)
+    m[3, 2:20] = m[6:28, 25] = 1.0
+    for k in range(12):
+        m[10 + k, 2 + k] = m[10 + k, 20 - k] = 1.0
+    maps["lines_only"] = m
+    # a 1-pixel ring (40 px, area 100) with a blob in its hole (not an external contour) against a
+    # filled 8x8 (64 px, area 49), and a thick ring with a hole against a solid square
+    m = np.zeros((40, 44), np.float32)
+    m[2:13, 2:13] = 1.0
+    m[3:12, 3:12] = 0.0
+    m[6:9, 6:9] = 1.0
+    m[20:28, 2:10] = 1.0
+    m[16:36, 18:38] = 1.0
+    m[20:32, 22:34] = 0.0
+    m[24:28, 26:30] = 0.8
+    maps["rings"] = m
+    # blobs touching every edge and corner, a full-height line
+    m = np.zeros((30, 50), np.float32)
+    m[0:4, 0:6] = m[24:, 44:] = m[0:2, 20:35] = m[12:20, 0:3] = m[27:, 10:16] = 1.0
+    m[:, 40] = 0.9
+    maps["edges"] = m
+    # a checkerboard patch (one 8-connected component full of 1-pixel holes) and a spiral
+    m = np.zeros((36, 36), np.float32)
+    m[1:12, 1:12] = (np.indices((11, 11)).sum(axis=0) % 2 == 0).astype(np.float32)
+    m[14:35, 14:35] = _spiral(21)
+    maps["checker_and_spiral"] = m
+    # flat maps: nothing passes, or everything does
+    maps["zeros"] = np.zeros((20, 30), np.float32)
+    maps["flat"] = np.full((20, 30), 0.7, np.float32)
+    maps["ones"] = np.ones((16, 16), np.float32)
+    # values on 8-bit steps, where float32 * 255 may truncate one level down
+    maps["steps"] = (np.arange(24 * 24, dtype=np.float32).reshape(24, 24) % 256) / np.float32(255)
+    return maps
+
+
+def _random_maps(seed: int, count: int) -> list[np.ndarray]:
+    """Fresh random maps of several kinds and sizes (seeded)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    maps = []
+    for i in range(count):
+        h, w = (int(v) for v in rng.integers(8, 97, 2))
+        kind = i % 5
+        if kind == 0:  # noise: many components, ties, holes and nested ones
+            m = rng.random((h, w))
+        elif kind == 1:  # sparse noise
+            m = (rng.random((h, w)) < 0.25) * rng.random((h, w))
+        elif kind == 2:  # smooth blobs, as a CAM looks
+            small = rng.random((int(rng.integers(2, 9)), int(rng.integers(2, 9))))
+            m = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+        elif kind == 3:  # a few flat levels: large flat regions and exact area ties
+            m = rng.integers(0, 4, (h, w)) / 3.0
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
+        else:  # blocky blobs
+            m = np.kron(rng.random((h // 4 + 1, w // 4 + 1)) > 0.6, np.ones((4, 4)))[:h, :w] * 1.0
+        m = np.asarray(m, np.float64)
+        m = (m - m.min()) / (m.max() - m.min()) if m.max() > m.min() else np.clip(m, 0, 1)
+        maps.append(m.astype(np.float32))
+    return maps
+
+
+def test_cpp_box_rule_matches_opencv(binary, tmp_path):
+    """bagcams_boxes (the C++ resize + box rule) against resize_map + object_boxes (cv2): the same
+    resized map bit for bit, the same boxes exactly, in single- and multi-contour mode."""
+    from bagcams_deploy.evaluation.boxes import object_boxes
+    from bagcams_deploy.visualize import resize_map
+
+    tool = binary.parent / "bagcams_boxes"
+    resized_ok = _cv2_resizes_like_cpp()
+    rng = np.random.default_rng(2024)
+    cases = []
+    for name, m in _crafted_maps().items():
+        h, w = m.shape
+        for size in ((h, w), (3 * h + 1, 2 * w + 3), (max(8, h // 2 + 1), max(8, (2 * w) // 3))):
+            for t in (0.5, 0.0, 0.99):
+                cases.append((name, m, size, t))
+    for k, m in enumerate(_random_maps(int(rng.integers(1 << 30)), 40)):
+        h, w = m.shape
+        size = (h, w) if k % 4 == 0 else tuple(int(v) for v in rng.integers(8, 400, 2))
+        cases.append((f"random {k}", m, size, float(np.round(rng.random(), 3))))
+
+    src, full_path = tmp_path / "map.npy", tmp_path / "full.npy"
+    checked = 0
+    for name, m, (h, w), t in cases:
+        if (h, w) != m.shape and not resized_ok:
+            continue
+        np.save(src, m)
+        ref_full = resize_map(m, (h, w))
+        for multi in (False, True):
+            args = [str(tool), str(src), "--size", str(h), str(w), "--threshold", repr(t), "--save-map", str(full_path)]
+            r = _run(args + (["--multi-contour"] if multi else []))
+            assert r.returncode == 0, r.stderr
+            got = json.loads(r.stdout)
+            what = f"{name} {m.shape} -> {(h, w)} t={t} multi={multi}"
+            np.testing.assert_array_equal(np.load(full_path), ref_full, err_msg=what)
+            assert got["boxes"] == object_boxes(ref_full, t, multi), what
+            checked += 1
+    assert checked >= (len(cases) if resized_ok else 60)
+    if not resized_ok:
+        pytest.skip("cv2.resize rounds unlike IPP with FMA here: only maps at their own size were compared")
+
+
+def test_cpp_box_rule_cases(binary, tmp_path):
+    """A few expected boxes spelled out, so that the rule is pinned even if cv2 changed."""
+    tool = binary.parent / "bagcams_boxes"
+    maps = _crafted_maps()
+
+    def boxes(name: str, *args: str) -> list:
+        np.save(tmp_path / "m.npy", maps[name])
+        r = _run([str(tool), str(tmp_path / "m.npy"), *args])
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["boxes"]
+
+    assert boxes("square_vs_lines") == [[10, 33, 14, 37]]  # area, not pixel count
+    assert boxes("area_ties") == [[25, 15, 29, 19]]  # a tie of area 16: the one found last in raster order
+    assert boxes("rings") == [[18, 16, 37, 35]]  # the outer contour's area includes its hole
+    rings = boxes("rings", "--multi-contour")  # no box for the blob in the hole or for the holes
+    assert rings == [[2, 20, 9, 27], [18, 16, 37, 35], [2, 2, 12, 12]]  # OpenCV's order: reverse raster
+    assert boxes("zeros") == [] and boxes("flat") == [[0, 0, 29, 19]] and boxes("ones", "--threshold", "1") == []
+    y, x = np.nonzero(maps["single_pixels"])
+    assert boxes("single_pixels") == [[int(x[-1]), int(y[-1]), int(x[-1]), int(y[-1])]]
+    r = _run([str(tool), str(tmp_path / "m.npy"), "--threshold", "2"])
+    assert r.returncode == 2 and "error: --threshold" in r.stderr
 
 
 def _one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:

@@ -2,10 +2,11 @@
 // files and write, per image, the localization map (.npy), an overlay PNG and a JSON summary.
 //
 //   bagcams_localize --model model.onnx --out results/ [--class-id K] [--threshold 0.5]
-//                    [--threads N] [--batch-size 8] [--repeat R --warmup W] image.png ...
+//                    [--multi-contour] [--threads N] [--batch-size 8] [--repeat R --warmup W] image.png ...
 //
 // Pre-processing follows bagcams_deploy.preprocessing exactly (Pillow bilinear resize, /255,
-// mean/std from the graph's metadata) so the maps match the Python backends on the same files.
+// mean/std from the graph's metadata) so the maps match the Python backends on the same files; the
+// boxes follow the Python `localize` command's rule exactly (boxes.hpp).
 // Errors are one line on stderr and a non-zero exit: 1 for bad input, 2 for bad usage.
 #include <openvino/frontend/manager.hpp>
 #include <openvino/openvino.hpp>
@@ -16,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -26,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "boxes.hpp"
 #include "image_io.hpp"
 #include "preprocess.hpp"
 
@@ -48,7 +51,8 @@ struct Options {
     std::string out;
     std::vector<std::string> images;
     long long class_id = -1;  // negative: the predicted class (argmax), as the graph's contract
-    float threshold = 0.5f;
+    double threshold = 0.5;  // a double, as Python's float: the 8-bit level is int(t * max) in double
+    bool multi_contour = false;
     int threads = 0;  // 0: OpenVINO's default
     int batch_size = 8;
     int input_size = 224;  // only for graphs exported with a dynamic input size
@@ -63,7 +67,8 @@ struct Options {
 const char* kUsage =
     "usage: bagcams_localize --model MODEL.onnx --out DIR [options] IMAGE...\n"
     "  --class-id K      class to explain for every image (default: the predicted class)\n"
-    "  --threshold T     map threshold for the box (default 0.5)\n"
+    "  --threshold T     box threshold, relative to the map's maximum (default 0.5)\n"
+    "  --multi-contour   a box per outer contour (default: the largest contour's box)\n"
     "  --threads N       CPU inference threads (default: OpenVINO's choice)\n"
     "  --batch-size B    images per inference (default 8)\n"
     "  --input-size S    input side for graphs exported with a dynamic size (default 224)\n"
@@ -92,10 +97,10 @@ int parse_int_in(const std::string& flag, const std::string& v, long long lo, lo
     return static_cast<int>(r);
 }
 
-float parse_float(const std::string& flag, const std::string& v) {
+double parse_double(const std::string& flag, const std::string& v) {
     try {
         size_t used = 0;
-        const float r = std::stof(v, &used);
+        const double r = std::stod(v, &used);
         if (used != v.size()) throw std::invalid_argument(v);
         return r;
     } catch (const std::exception&) {
@@ -125,7 +130,9 @@ Options parse_args(int argc, char** argv) {
         } else if (a == "--class-id") {
             o.class_id = parse_int_in(a, value(), 0, 1 << 30);
         } else if (a == "--threshold") {
-            o.threshold = parse_float(a, value());
+            o.threshold = parse_double(a, value());
+        } else if (a == "--multi-contour") {
+            o.multi_contour = true;
         } else if (a == "--threads") {
             o.threads = parse_int_in(a, value(), 0, 4096);
         } else if (a == "--batch-size") {
@@ -172,7 +179,7 @@ Options parse_args(int argc, char** argv) {
     if (o.threads < 0) throw UsageError("--threads must be >= 0");
     if (o.warmup < 0 || o.repeat < 1) throw UsageError("--warmup must be >= 0 and --repeat >= 1");
     if (o.input_size < 8) throw UsageError("--input-size must be >= 8");
-    if (!(o.threshold >= 0.0f && o.threshold <= 1.0f)) throw UsageError("--threshold must be in [0, 1]");
+    if (!(o.threshold >= 0.0 && o.threshold <= 1.0)) throw UsageError("--threshold must be in [0, 1]");
     return o;
 }
 
@@ -299,43 +306,14 @@ std::string json_string(const std::string& s) {
     return r + "\"";
 }
 
-// Box (x0, y0, x1, y1), inclusive pixel corners, of the largest 8-connected region of map >= t.
-// Empty when no pixel reaches t.
-std::optional<std::array<int, 4>> largest_region_box(const float* map, int w, int h, float t) {
-    std::vector<int> label(static_cast<size_t>(w) * h, 0);
-    std::vector<int> stack;
-    std::optional<std::array<int, 4>> best;
-    size_t best_size = 0;
-    int next = 0;
-    for (int start = 0; start < w * h; ++start) {
-        if (label[start] || !(map[start] >= t)) continue;
-        label[start] = ++next;
-        stack.assign(1, start);
-        size_t size = 0;
-        std::array<int, 4> box{w, h, -1, -1};
-        while (!stack.empty()) {
-            const int p = stack.back();
-            stack.pop_back();
-            ++size;
-            const int x = p % w, y = p / w;
-            box = {std::min(box[0], x), std::min(box[1], y), std::max(box[2], x), std::max(box[3], y)};
-            for (int dy = -1; dy <= 1; ++dy)
-                for (int dx = -1; dx <= 1; ++dx) {
-                    const int nx = x + dx, ny = y + dy;
-                    if (nx < 0 || ny < 0 || nx >= w || ny >= h) continue;
-                    const int q = ny * w + nx;
-                    if (!label[q] && map[q] >= t) {
-                        label[q] = next;
-                        stack.push_back(q);
-                    }
-                }
-        }
-        if (size > best_size) {
-            best_size = size;
-            best = box;
-        }
+// The shortest decimal that reads back as the same double (as Python's repr), for the JSON.
+std::string shortest(double v) {
+    char buf[32];
+    for (int digits = 1; digits <= 17; ++digits) {
+        std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+        if (std::strtod(buf, nullptr) == v) break;
     }
-    return best;
+    return buf;
 }
 
 // JET colour of v in [0, 1] (blue -> cyan -> yellow -> red), piecewise linear.
@@ -344,9 +322,8 @@ std::array<float, 3> jet(float v) {
     return {ramp(4.0f * v - 3.0f), ramp(4.0f * v - 2.0f), ramp(4.0f * v - 1.0f)};
 }
 
-RgbImage render_overlay(const RgbImage& image, const std::vector<float>& map, int mw, int mh,
-                        const std::optional<std::array<int, 4>>& box) {
-    const std::vector<float> m = bagcams::resize_map(map, mw, mh, image.width, image.height);
+// `m` is the map at the image's size (the one the boxes were found on).
+RgbImage render_overlay(const RgbImage& image, const std::vector<float>& m, const std::vector<bagcams::Box>& boxes) {
     RgbImage out = image;
     for (size_t i = 0; i < m.size(); ++i) {
         const auto c = jet(m[i]);
@@ -355,9 +332,8 @@ RgbImage render_overlay(const RgbImage& image, const std::vector<float>& map, in
             out.pixels[i * 3 + k] = static_cast<std::uint8_t>(std::clamp(v, 0.0f, 255.0f));
         }
     }
-    if (box) {
-        const int thick = std::max(1, static_cast<int>(std::lround(std::min(image.width, image.height) / 150.0)));
-        const auto& b = *box;
+    const int thick = std::max(1, static_cast<int>(std::lround(std::min(image.width, image.height) / 150.0)));
+    for (const bagcams::Box& b : boxes) {
         auto put = [&](int x, int y) {
             if (x < 0 || y < 0 || x >= out.width || y >= out.height) return;
             std::uint8_t* p = &out.pixels[(static_cast<size_t>(y) * out.width + x) * 3];
@@ -502,26 +478,21 @@ int run(const Options& opt) {
 
             const std::string stem = fs::path(path).stem().string();
             write_npy(fs::path(opt.out) / (stem + ".npy"), m, {static_cast<size_t>(mh), static_cast<size_t>(mw)});
-            // box on the map, then scaled to the original image's pixels
-            std::optional<std::array<int, 4>> box_map = largest_region_box(m, mw, mh, opt.threshold);
-            std::optional<std::array<int, 4>> box;
-            if (box_map) {
-                const RgbImage& o = originals[i];
-                const double sx = static_cast<double>(o.width) / mw, sy = static_cast<double>(o.height) / mh;
-                const auto& b = *box_map;
-                box = std::array<int, 4>{static_cast<int>(std::floor(b[0] * sx)), static_cast<int>(std::floor(b[1] * sy)),
-                                         std::min(o.width - 1, static_cast<int>(std::ceil((b[2] + 1) * sx)) - 1),
-                                         std::min(o.height - 1, static_cast<int>(std::ceil((b[3] + 1) * sy)) - 1)};
-            }
-            bagcams::write_png((fs::path(opt.out) / (stem + "_overlay.png")).string(),
-                               render_overlay(originals[i], std::vector<float>(m, m + mh * mw), mw, mh, box));
+            // the boxes on the map resized to the original image, as Python's localize
+            const RgbImage& o = originals[i];
+            const std::vector<float> full = bagcams::resize_map(m, mw, mh, o.width, o.height);
+            const std::vector<bagcams::Box> boxes =
+                bagcams::object_boxes(full, o.width, o.height, opt.threshold, opt.multi_contour);
+            bagcams::write_png((fs::path(opt.out) / (stem + "_overlay.png")).string(), render_overlay(o, full, boxes));
 
             std::ostringstream js;
             js.precision(9);
             js << "{\n  \"image\": " << json_string(path) << ",\n  \"class_id\": " << c << ",\n  \"score\": " << lg[c]
-               << ",\n  \"probability\": " << prob << ",\n  \"threshold\": " << opt.threshold
+               << ",\n  \"probability\": " << prob << ",\n  \"threshold\": " << shortest(opt.threshold)
                << ",\n  \"boxes\": [";
-            if (box) js << "[" << (*box)[0] << ", " << (*box)[1] << ", " << (*box)[2] << ", " << (*box)[3] << "]";
+            for (size_t k = 0; k < boxes.size(); ++k)
+                js << (k ? ", " : "") << "[" << boxes[k][0] << ", " << boxes[k][1] << ", " << boxes[k][2] << ", "
+                   << boxes[k][3] << "]";
             js << "],\n  \"image_size\": [" << originals[i].width << ", " << originals[i].height
                << "],\n  \"map_size\": [" << mw << ", " << mh << "],\n  \"method\": " << json_string(meta.props.at("method"))
                << ",\n  \"target_layer\": " << json_string(meta.props.at("target_layer"))

@@ -141,24 +141,4 @@ void normalize_into(const RgbImage& rgb, const std::array<float, 3>& mean, const
     }
 }
 
-std::vector<float> resize_map(const std::vector<float>& map, int w, int h, int out_w, int out_h) {
-    if (w == out_w && h == out_h) return map;
-    std::vector<float> out(static_cast<size_t>(out_w) * out_h);
-    const double sx = static_cast<double>(w) / out_w, sy = static_cast<double>(h) / out_h;
-    for (int y = 0; y < out_h; ++y) {
-        const double fy = std::clamp((y + 0.5) * sy - 0.5, 0.0, static_cast<double>(h - 1));
-        const int y0 = static_cast<int>(fy), y1 = std::min(y0 + 1, h - 1);
-        const double ay = fy - y0;
-        for (int x = 0; x < out_w; ++x) {
-            const double fx = std::clamp((x + 0.5) * sx - 0.5, 0.0, static_cast<double>(w - 1));
-            const int x0 = static_cast<int>(fx), x1 = std::min(x0 + 1, w - 1);
-            const double ax = fx - x0;
-            const double top = map[y0 * w + x0] * (1 - ax) + map[y0 * w + x1] * ax;
-            const double bot = map[y1 * w + x0] * (1 - ax) + map[y1 * w + x1] * ax;
-            out[static_cast<size_t>(y) * out_w + x] = static_cast<float>(std::clamp(top * (1 - ay) + bot * ay, 0.0, 1.0));
-        }
-    }
-    return out;
-}
-
 }  // namespace bagcams

@@ -19,7 +19,4 @@ RgbImage resize_bilinear_pil(const RgbImage& in, int out_width, int out_height);
 void normalize_into(const RgbImage& rgb, const std::array<float, 3>& mean, const std::array<float, 3>& std,
                     std::vector<float>& out);
 
-// Bilinear resize of a float map with half-pixel centres (OpenCV INTER_LINEAR), for overlays only.
-std::vector<float> resize_map(const std::vector<float>& map, int w, int h, int out_w, int out_h);
-
 }  // namespace bagcams
