@@ -20,12 +20,27 @@ def _check_ancestor(path: Path, what: str) -> None:
             return
 
 
-def output_file(path: Path | None, what: str) -> Path | None:
-    """A file the command will write (``None`` passes through): not a folder, under a writable folder."""
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (resolved links, or one inode for hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def output_file(path: Path | None, what: str, inputs: dict[str, Path | None] | None = None) -> Path | None:
+    """A file the command will write (``None`` passes through): not a folder, under a writable folder,
+    and none of the command's ``inputs`` (``{"the model": path}``), which it would destroy."""
     if path is None:
         return None
+    path = Path(path)
     if path.is_dir():
         raise BagcamsError(f"{what} {path} is a folder; give a file name")
+    for name, source in (inputs or {}).items():
+        if source is not None and same_file(path, Path(source)):
+            raise BagcamsError(f"{what} {path} is {name}; writing it would destroy the input")
     if path.exists():
         if not os.access(path, os.W_OK):
             raise BagcamsError(f"{what} {path}: the file is not writable")

@@ -201,6 +201,67 @@ def test_build_engine_cli_then_engine_info_and_verify(fakes, graphs, checkpoints
     assert "tensorrt vs torch-reference" in r.out and "PASS" in r.out, r.out
 
 
+def test_build_engine_never_destroys_its_input_or_the_engine(fakes, graphs, cli, tmp_path, monkeypatch):
+    """Outputs are checked before the build: no output may be the graph, the plan must carry a suffix
+    the other commands open, the timing cache must be a writable file; and the cache is written
+    last, so a cache that fails at the end costs a warning, not the engine."""
+    _, _, trt = fakes
+    graph = tmp_path / "g.onnx"
+    graph.write_bytes(graphs["nocam"].read_bytes())
+    digest = hashlib.sha256(graph.read_bytes()).hexdigest()
+    builds = len(trt.builds)
+    for args, needle in [
+        (["-o", graph], "is the ONNX graph"),
+        (["-o", tmp_path / "m.bin"], "name the plan *.plan or *.engine"),
+        (["-o", tmp_path / "m.plan", "--timing-cache", tmp_path], "--timing-cache"),
+        (["-o", tmp_path / "m.plan", "--timing-cache", graph], "is the ONNX graph"),
+        (["-o", tmp_path / "m.plan", "--timing-cache", tmp_path / "m.plan"], "is the plan"),
+    ]:
+        assert_one_line_error(cli("build-engine", graph, *args), needle)
+    assert len(trt.builds) == builds and hashlib.sha256(graph.read_bytes()).hexdigest() == digest
+    assert not (tmp_path / "m.plan").exists()
+
+    cache = tmp_path / "t.cache"
+    real_write = Path.write_bytes
+    monkeypatch.setattr(
+        Path, "write_bytes",
+        lambda self, data: (_ for _ in ()).throw(OSError(28, "No space left on device")) if self == cache
+        else real_write(self, data),
+    )  # fmt: skip
+    r = cli("build-engine", graph, "-o", tmp_path / "m.plan", "--max-batch", "4", "--timing-cache", cache)
+    assert r.code == 0, r.err  # --max-batch 4 alone: --opt-batch follows it down to 4
+    assert "warning: timing cache" in r.out and "No space left" in r.out
+    record = json.loads(sidecar_path(tmp_path / "m.plan").read_text())
+    assert record["profile"] == {"min_batch": 1, "opt_batch": 4, "max_batch": 4}
+    assert record["source_onnx_sha256"] == digest and not cache.exists()
+    # engine-info on the graph instead of the plan says what the file is
+    assert_one_line_error(cli("engine-info", graph), "is an ONNX graph, not a TensorRT plan")
+    plain = tmp_path / "graph.plan"
+    plain.write_bytes(graph.read_bytes())
+    assert_one_line_error(cli("engine-info", plain), "is an ONNX graph, not a TensorRT plan")
+
+
+def test_rebuild_hint_repeats_the_recorded_build(fakes, graphs, cli, tmp_path):
+    """Following "rebuild it here" must not silently change the batch range, size, workspace or TF32."""
+    from bagcams_deploy.runtime.tensorrt_build import SystemInfo, check_plan_compatible
+
+    plan = tmp_path / "m.plan"
+    r = cli("build-engine", graphs["nocam"], "-o", plan, "--min-batch", "2", "--max-batch", "16", "--workspace-gb",
+            "1.5", "--no-tf32")  # fmt: skip
+    assert r.code == 0, r.err
+    record = json.loads(sidecar_path(plan).read_text())
+    with pytest.raises(BagcamsError) as err:
+        check_plan_compatible(record, SystemInfo("10.13.3.9", "NVIDIA L4", (8, 9)), plan)
+    hint = str(err.value).split("rebuild it here: ")[1]
+    assert hint == (f"bagcams-deploy build-engine {graphs['nocam']} --output {plan} --min-batch 2 --opt-batch 8 "
+                    "--max-batch 16 --workspace-gb 1.5 --no-tf32")  # fmt: skip
+    r = cli(*hint.split()[1:])  # the hint is a working command
+    assert r.code == 0, r.err
+    again = json.loads(sidecar_path(plan).read_text())
+    for key in ("profile", "workspace_gb", "tf32", "source_onnx"):
+        assert again[key] == record[key]
+
+
 def test_ort_trt_options_cache_engines_and_profile_the_graphs_size(graphs, models, tmp_path, monkeypatch):
     from bagcams_deploy.runtime.ort_backend import ORT_TRT_BATCHES, ort_trt_options
 

@@ -19,7 +19,9 @@ def build_engine_cmd(
     model: Path = typer.Argument(..., help="an exported .onnx graph"),
     output: Path = typer.Option(..., "--output", "-o", help="the .plan to write (its record goes to <plan>.json)"),
     min_batch: int = typer.Option(1, "--min-batch"),
-    opt_batch: int = typer.Option(8, "--opt-batch", help="the batch size TensorRT tunes for"),
+    opt_batch: int = typer.Option(
+        None, "--opt-batch", help="the batch size TensorRT tunes for (default: 8 within [min, max])"
+    ),
     max_batch: int = typer.Option(32, "--max-batch"),
     workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="builder workspace limit"),
     timing_cache: Path = typer.Option(None, "--timing-cache", help="read and update this timing cache file"),
@@ -32,7 +34,9 @@ def build_engine_cmd(
     from ..outputs import output_file
     from ..runtime.tensorrt_build import BatchProfile, build_engine
 
-    output_file(output, "--output")
+    output_file(output, "--output", {"the ONNX graph": model})
+    if opt_batch is None:  # --max-batch 4 alone is a complete request
+        opt_batch = min(max(8, min_batch), max_batch)
     if not 0 < workspace_gb < float("inf"):
         raise BagcamsError(f"--workspace-gb must be a positive number, got {workspace_gb}")
     if input_size is not None and input_size < 1:

@@ -122,6 +122,8 @@ def backend_statuses() -> list[BackendStatus]:
                 missing.append("pycuda not installed")
             if gpu is None and pycuda_v is not None:
                 missing.append(f"no CUDA device ({device})")
+            elif gpu is None and "torch sees no CUDA device" in str(device):
+                missing.append("no CUDA GPU visible to torch either")
             version = f"tensorrt {trt_v}, pycuda {pycuda_v}"
         out.append(BackendStatus(name, not missing, what, "; ".join(missing) if missing else version))
     return out

@@ -18,6 +18,7 @@ same behaviour.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,7 +26,9 @@ from pathlib import Path
 
 from ..errors import BagcamsError, require
 from ..export.contract import GraphInfo, class_names_of, read_graph_info
+from ..outputs import output_file
 from .base import file_sha256
+from .registry import PLAN_SUFFIXES
 
 SIDECAR_FORMAT = "bagcams-deploy-plan-v1"
 _TRT_HINT = "pip install 'tensorrt>=10.1' (TensorRT 10.1 or later, 11 included) on a machine with an NVIDIA GPU"
@@ -72,7 +75,7 @@ def check_plan_compatible(sidecar: dict, system: SystemInfo, plan: str | Path = 
     if sidecar.get("format") != SIDECAR_FORMAT:
         raise BagcamsError(f"{sidecar_path(plan)}: not a bagcams-deploy plan record (format {sidecar.get('format')!r})")
     built = sidecar.get("built_with")
-    rebuild = f"rebuild it here: bagcams-deploy build-engine MODEL.onnx --output {plan}"
+    rebuild = f"rebuild it here: {rebuild_command(sidecar, plan)}"
     if not isinstance(built, dict):
         raise BagcamsError(f"{sidecar_path(plan)}: no 'built_with' record of the TensorRT and GPU; {rebuild}")
     if built.get("tensorrt_version") != system.tensorrt_version:
@@ -87,6 +90,29 @@ def check_plan_compatible(sidecar: dict, system: SystemInfo, plan: str | Path = 
             f"{plan} was built for {built.get('device_name')} (sm_{''.join(map(str, cc))}) but this GPU is "
             f"{system.device_name} (sm_{''.join(map(str, system.compute_capability))}); {rebuild}"
         )
+
+
+def rebuild_command(sidecar: dict, plan: str | Path) -> str:
+    """The ``build-engine`` command that rebuilds ``plan`` as its record says it was built (source
+    graph, batch profile, input size, workspace, TF32), so following a rebuild hint changes nothing
+    but the machine it is built for."""
+    import shlex
+
+    parts = ["bagcams-deploy", "build-engine", str(sidecar.get("source_onnx") or "MODEL.onnx"), "--output", str(plan)]
+    profile = sidecar.get("profile")
+    if isinstance(profile, dict):
+        for key in ("min_batch", "opt_batch", "max_batch"):
+            if isinstance(profile.get(key), int):
+                parts += [f"--{key.replace('_', '-')}", str(profile[key])]
+    graph = sidecar.get("graph")
+    size = graph.get("input_size") if isinstance(graph, dict) else None
+    if isinstance(size, list) and len(size) == 2 and size[0] == size[1] and graph.get("dynamic_size"):
+        parts += ["--input-size", str(size[0])]
+    if isinstance(sidecar.get("workspace_gb"), int | float):
+        parts += ["--workspace-gb", f"{sidecar['workspace_gb']:g}"]
+    if sidecar.get("tf32") is False:
+        parts.append("--no-tf32")
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def graph_info_of_plan(plan: str | Path, record: dict | None = None) -> GraphInfo:
@@ -119,6 +145,8 @@ def read_sidecar(plan: str | Path) -> dict:
     if not plan.is_file():
         raise BagcamsError(f"TensorRT plan not found: {plan}")
     side = sidecar_path(plan)
+    if not side.is_file() and (plan.suffix.lower() == ".onnx" or _looks_like_onnx(plan)):
+        raise BagcamsError(f"{plan} is an ONNX graph, not a TensorRT plan: build one with bagcams-deploy build-engine")
     if not side.is_file():
         raise BagcamsError(
             f"{plan} has no {side.name} beside it (the export metadata and build record that "
@@ -134,6 +162,14 @@ def read_sidecar(plan: str | Path) -> dict:
     if record.get("plan_sha256") != digest:
         raise BagcamsError(f"{plan} does not match its record {side.name} (sha256 differs): rebuild the plan")
     return record
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    """ONNX files start with the protobuf fields ``ir_version`` (tag 0x08, a one-byte varint) and
+    ``producer_name`` (tag 0x12)."""
+    with path.open("rb") as f:
+        head = f.read(3)
+    return len(head) == 3 and head[0] == 0x08 and head[2] == 0x12
 
 
 def current_system() -> SystemInfo:
@@ -181,6 +217,20 @@ def build_engine(
     exponent range). ``tf32=False`` keeps them IEEE float32 for verification-grade agreement."""
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     info = read_graph_info(onnx_path)  # also: "not ours" / missing file errors, before TensorRT is needed
+    if not plan_path.name.lower().endswith(PLAN_SUFFIXES):
+        raise BagcamsError(
+            f"--output {plan_path}: name the plan *{' or *'.join(PLAN_SUFFIXES)} (the suffixes every command opens "
+            "as a TensorRT engine)"
+        )
+    output_file(plan_path, "--output", {"the ONNX graph": onnx_path})
+    output_file(sidecar_path(plan_path), "--output's record", {"the ONNX graph": onnx_path})
+    cache_path = Path(timing_cache) if timing_cache else None
+    output_file(cache_path, "--timing-cache", {"the ONNX graph": onnx_path, "the plan": plan_path})
+    if cache_path is not None and cache_path.exists() and not os.access(cache_path, os.R_OK):
+        raise BagcamsError(f"--timing-cache {cache_path}: the file is not readable")
+    # read before anything is written, so nothing the build writes can change them
+    class_names = list(class_names_of(onnx_path) or []) or None
+    onnx_sha256 = file_sha256(onnx_path)
     profile.check()
     if workspace_gb <= 0:
         raise BagcamsError(f"--workspace-gb must be > 0, got {workspace_gb}")
@@ -217,7 +267,6 @@ def build_engine(
     opt_profile.set_shape("class_id", (profile.min_batch,), (profile.opt_batch,), (profile.max_batch,))
     config.add_optimization_profile(opt_profile)
 
-    cache_path = Path(timing_cache) if timing_cache else None
     if cache_path is not None:
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
         cache = config.create_timing_cache(blob)
@@ -238,22 +287,19 @@ def build_engine(
         raise BagcamsError(f"TensorRT failed to build an engine from {onnx_path} (see the messages above)")
     seconds = time.perf_counter() - t0
 
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        cache_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
-
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = plan_path.with_name(plan_path.name + ".tmp")
     tmp.write_bytes(memoryview(serialized))
     tmp.replace(plan_path)
     graph = {k: v for k, v in asdict(info).items() if k != "path"}
     graph["input_size"] = [h, w]
+    graph["dynamic_size"] = info.input_size is None  # rebuild_command gives --input-size again
     record = {
         "format": SIDECAR_FORMAT,
         "graph": graph,
-        "class_names": list(class_names_of(onnx_path) or []) or None,
+        "class_names": class_names,
         "source_onnx": str(onnx_path),
-        "source_onnx_sha256": file_sha256(onnx_path),
+        "source_onnx_sha256": onnx_sha256,
         "plan_sha256": file_sha256(plan_path),
         "profile": asdict(profile),
         "workspace_gb": workspace_gb,
@@ -269,4 +315,10 @@ def build_engine(
     sidecar_path(plan_path).write_text(json.dumps(record, indent=2) + "\n")
     mb = plan_path.stat().st_size / 1e6
     say(f"wrote {plan_path} ({mb:.1f} MB) in {seconds:.0f}s and {sidecar_path(plan_path).name}")
+    if cache_path is not None:  # last: a cache that cannot be written must not cost the engine
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            cache_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
+        except OSError as exc:
+            say(f"warning: timing cache {cache_path} not written ({exc.strerror or exc}); the engine is fine")
     return record
