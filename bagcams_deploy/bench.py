@@ -2,21 +2,28 @@
 
 Each (backend, batch size) runs in its own spawned process so that its peak resident memory is its
 own and thread settings cannot leak between backends; all run from one call, on the same machine,
-with the same thread count. The timed region is each backend's ``infer_impl`` (its own timer), so
-input checks and Python glue are not counted. The floor is the forward-only latency of the plain
-classifier (image -> logits) exported to ONNX and run by ONNX Runtime with the same settings.
+with the same thread count. The timed region is each backend's ``infer_impl`` (its own timer): numpy
+arrays in host memory in, numpy arrays in host memory out, with any copy to and from a GPU inside it
+and the device synchronised before the clock is read; input checks and Python glue are not counted.
+The floor is the forward-only latency of the plain classifier (image -> logits) exported to ONNX and
+run by ONNX Runtime on the CPU in float32 with the same threads and ``exact`` setting: it is compared
+only with rows that also run on the CPU in float32, the others get no ratio and a reason.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
-import resource
+import re
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -24,21 +31,38 @@ import numpy as np
 from .errors import BagcamsError
 
 FLOOR = "ort-forward-only"
+FLOOR_DEVICE, FLOOR_PRECISION = "cpu", "fp32"
+TIMED_REGION = (
+    "infer_impl: numpy in (host) to numpy out (host), copies to and from a GPU included, device synchronised; "
+    "input checks and output checks excluded"
+)
+#: Backends that run on a GPU whatever ``--device`` says.
+GPU_GRAPH_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt", "tensorrt-cam", "tensorrt-cudagraph")
 
 
 @dataclass
 class BenchRow:
     backend: str
     batch_size: int
-    iters: int
+    iters: int  # every percentile is over this many timed calls
     p50_ms: float
     p90_ms: float
     p99_ms: float
     mean_ms: float
-    images_per_s: float
-    peak_rss_mb: float
-    rss_before_mb: float
+    images_per_s: float  # batch / p50
+    peak_rss_mb: float | None  # None where the platform does not say
+    rss_before_mb: float | None
     extra: dict
+    device: str = "cpu"
+    precision: str = "fp32"
+
+
+class BenchmarkIncomplete(BagcamsError):
+    """A backend failed mid-run; ``report`` holds the rows measured before it (``"complete": false``)."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 def machine_info() -> dict:
@@ -66,25 +90,34 @@ def machine_info() -> dict:
     return info
 
 
-def _status_mb(field: str) -> float:
+def _status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return float(line.split()[1]) / 1024
     except OSError:
         pass
-    return float("nan")
+    return None
 
 
-def _rss_mb() -> float:
+def _rss_mb() -> float | None:
     return _status_mb("VmRSS")
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mb() -> float | None:
     """This process's peak resident memory. VmHWM belongs to the address space, so a spawned child
-    starts afresh; ``ru_maxrss`` would carry the parent's peak across fork+exec on Linux."""
+    starts afresh; ``ru_maxrss`` would carry the parent's peak across fork+exec on Linux, and is in
+    bytes on macOS but kilobytes elsewhere. None where neither exists (Windows)."""
     peak = _status_mb("VmHWM")
-    return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if peak is not None:
+        return peak
+    try:
+        import resource
+
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):
+        return None
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -108,7 +141,7 @@ def _child(job: dict, queue: mp.Queue) -> None:
         if job["backend"] == FLOOR:
             from .runtime.ort_backend import plain_session
 
-            session = plain_session(job["graph"], threads)
+            session = plain_session(job["graph"], threads, job["exact"])  # like with like: --exact too
             rss_before = _rss_mb()
 
             def run() -> float:
@@ -116,7 +149,7 @@ def _child(job: dict, queue: mp.Queue) -> None:
                 session.run(None, {"image": images})
                 return time.perf_counter() - t0
 
-            extra: dict = {}
+            extra: dict = {"providers": list(session.get_providers())}
         else:
             model = None
             if wants_model and job["checkpoint"]:
@@ -138,7 +171,7 @@ def _child(job: dict, queue: mp.Queue) -> None:
                 backend.infer(images)
                 return float(backend.last_inference_time)
 
-            extra = {}
+            extra = {"providers": backend.providers} if hasattr(backend, "providers") else {}
         for _ in range(job["warmup"]):
             run()
         times = [run() for _ in range(job["iters"])]
@@ -180,10 +213,63 @@ def _run_isolated(job: dict, timeout: float) -> dict:
     return result
 
 
-def check_backends_can_run(backends: list[str], model_path: str) -> None:
-    """Refuse a backend that cannot run here before minutes are spent benchmarking the others."""
+def backend_device(name: str, device: str) -> str:
+    """Where a backend's timed region runs: GPU graph backends on CUDA, torch backends on ``device``."""
+    if name in GPU_GRAPH_BACKENDS:
+        return "cuda"
+    if name == "torch-analytic-cudagraph":
+        return device if device.startswith("cuda") else "cuda"
+    if name.startswith("torch"):
+        return device
+    return "cpu"
+
+
+def backend_precision(name: str, graph_precision: str) -> str:
+    """The arithmetic a backend runs: graph backends the graph's, torch backends the checkpoint's float32."""
+    return "fp32" if name.startswith("torch") or name == FLOOR else graph_precision
+
+
+def floor_mismatch(device: str, precision: str) -> str | None:
+    """Why a row cannot be divided by the floor (ONNX Runtime, CPU, float32), or None when it can."""
+    if device != FLOOR_DEVICE:
+        return f"runs on {device}; the floor runs on the CPU"
+    if precision != FLOOR_PRECISION:
+        return f"runs the {precision} graph; the floor is the float32 forward-only graph"
+    return None
+
+
+def check_device(device: object, backends: list[str]) -> None:
+    """``--device`` picks where the torch backends run: a typo, a GPU torch cannot see, or a device no
+    named backend would use is refused before any run."""
+    from .runtime.registry import MODEL_BACKENDS
+
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise BagcamsError(f"unknown --device {device!r}; valid: cpu, cuda, cuda:N")
+    torch_names = [b for b in backends if b in MODEL_BACKENDS]
+    if device != "cpu" and not torch_names:
+        raise BagcamsError(
+            f"--device {device} applies to torch backends only, and none is named ({', '.join(backends)}); "
+            "the graph backends run where their runtime does (ort-cuda, ort-trt and tensorrt on the GPU)"
+        )
+    if device.startswith("cuda") and torch_names:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BagcamsError(f"--device {device}: this torch build ({torch.__version__}) sees no CUDA GPU")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise BagcamsError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+
+
+def check_backends_can_run(
+    backends: list[str], model_path: str, batch_sizes: list[int] | tuple[int, ...] = (), device: str = "cpu"
+) -> None:
+    """Refuse, before minutes are spent benchmarking the others, every backend that would fail mid-run:
+    unknown or not installed, the wrong kind of model file, a device torch cannot use, a bf16 graph on
+    a CPU runtime, a batch size outside a plan's profile, or ``tensorrt-cam`` on a plan with no map."""
     from .runtime.environment import backend_statuses
-    from .runtime.registry import ALL_BACKENDS, GRAPH_BACKENDS, check_model_kind
+    from .runtime.open import read_model_info
+    from .runtime.registry import ALL_BACKENDS, GRAPH_BACKENDS, PLAN_SUFFIXES, check_model_kind
 
     statuses = {s.name: s for s in backend_statuses()}
     for name in backends:
@@ -193,6 +279,53 @@ def check_backends_can_run(backends: list[str], model_path: str) -> None:
             check_model_kind(name, model_path)
         if name in statuses and not statuses[name].available:
             raise BagcamsError(f"backend {name} cannot run here: {statuses[name].detail}")
+    check_device(device, backends)
+    info = read_model_info(model_path)
+    for name in ("ort-cpu", "ov-cpu"):
+        if name in backends and info.precision == "bf16":
+            raise BagcamsError(
+                f"backend {name} cannot run {model_path}: it is a bf16 graph, which is for TensorRT on an Ampere "
+                "or newer GPU (build-engine); export --precision fp16 or fp32 for the CPU"
+            )
+    engines = [b for b in backends if b.startswith("tensorrt")]
+    if engines and str(model_path).lower().endswith(PLAN_SUFFIXES):
+        from .runtime.tensorrt_build import read_sidecar
+
+        profile = read_sidecar(model_path).get("profile") or {}
+        lo, hi = profile.get("min_batch"), profile.get("max_batch")
+        outside = [b for b in batch_sizes if lo is not None and hi is not None and not lo <= b <= hi]
+        if outside:
+            raise BagcamsError(
+                f"--batch-sizes {','.join(map(str, outside))}: {model_path} was built for batch {lo}..{hi}; "
+                "drop them or rebuild with build-engine --min-batch/--max-batch"
+            )
+        if "tensorrt-cam" in engines and "cam" not in info.outputs:
+            raise BagcamsError(
+                f"backend tensorrt-cam reads the engine's cam output, and {model_path} has none (exported with "
+                "--no-cam): use tensorrt, which makes the map with the CUDA kernel"
+            )
+
+
+def _input_size(info, input_size: int | tuple[int, int] | None, model_path: str) -> tuple[tuple[int, int], str]:
+    """(H, W) to benchmark at, and where it came from: the graph's own size, or for a graph exported with
+    ``--dynamic-size`` ``input_size`` (default 224)."""
+    from .architectures import MIN_INPUT_SIZE
+
+    asked = (input_size, input_size) if isinstance(input_size, int) else input_size
+    if asked is not None and (len(asked) != 2 or min(asked) < 1):
+        raise BagcamsError(f"--input-size must be positive, got {input_size}")
+    if info.input_size is not None:
+        if asked is not None and tuple(asked) != tuple(info.input_size):
+            h, w = info.input_size
+            raise BagcamsError(
+                f"{model_path} takes {h}x{w} images; --input-size is only for graphs exported with --dynamic-size"
+            )
+        return tuple(info.input_size), "the graph's"
+    size, source = (tuple(asked), "--input-size") if asked else ((224, 224), "default for a dynamic-size graph")
+    least = MIN_INPUT_SIZE.get(info.architecture, 1)
+    if min(size) < least:
+        raise BagcamsError(f"--input-size {size[0]}: {info.architecture} takes inputs of {least}x{least} or more")
+    return size, source
 
 
 def run_benchmark(
@@ -207,23 +340,85 @@ def run_benchmark(
     device: str = "cpu",
     include_floor: bool = True,
     timeout: float = 1800.0,
-    on_row=None,
+    on_row: Callable[[BenchRow], None] | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> dict:
-    """Benchmark ``backends`` at each batch size; returns a JSON-able report (rows + machine info)."""
-    from .export.onnx_export import export_forward_onnx
+    """Benchmark ``backends`` at each batch size; returns a JSON-able report (rows + machine info).
 
+    Everything that can be checked is checked before the first run; a failure during the runs raises
+    :class:`BenchmarkIncomplete` carrying the rows measured so far. ``threads`` None leaves each runtime
+    its default (ONNX Runtime, torch and OpenVINO all take the physical cores), which the report says."""
+    from .export.onnx_export import export_forward_onnx
+    from .runtime.registry import _checked_threads
+
+    note = on_note or (lambda text: None)
+    batch_sizes = list(dict.fromkeys(batch_sizes))  # a size twice would run twice and mix up the ratios
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise BagcamsError(f"batch sizes must be positive integers, got {batch_sizes}")
+    threads = _checked_threads(threads) or None  # 0 is the runtimes' default too
     if any(b.startswith("torch") for b in backends) and not checkpoint:
         raise BagcamsError("torch backends need --checkpoint")
-    check_backends_can_run(backends, model_path)
+    check_backends_can_run(backends, model_path, batch_sizes, device)
     from .runtime.open import load_checkpoint_for, read_model_info
 
     info = read_model_info(model_path)
-    size = info.input_size or (224, 224)
+    size, size_source = _input_size(info, input_size, model_path)
+    note(f"input size {size[0]}x{size[1]} ({size_source})")
+    where = {b: (backend_device(b, device), backend_precision(b, info.precision)) for b in backends}
+    comparable = [b for b, (dev, prec) in where.items() if floor_mismatch(dev, prec) is None]
+    floor: dict = {"runtime": "onnxruntime CPUExecutionProvider", "device": FLOOR_DEVICE,
+                   "precision": FLOOR_PRECISION, "exact": exact}  # fmt: skip
+    if not include_floor:
+        floor = {"skipped": "--no-floor"}
+    elif not comparable:
+        floor = {"skipped": "no backend runs on the CPU in float32, which is where the floor runs: "
+                 + "; ".join(f"{b} {floor_mismatch(*w)}" for b, w in where.items())}  # fmt: skip
+        note(f"forward-only floor skipped: {floor['skipped']}")
+    plan = None
+    if str(model_path).lower().endswith((".plan", ".engine")):
+        from .runtime.tensorrt_build import read_sidecar
+
+        record = read_sidecar(model_path)
+        plan = {"profile": record.get("profile"), "built_with": record.get("built_with")}
     rows: list[BenchRow] = []
+
+    def report(complete: bool, error: str | None = None) -> dict:
+        out = {
+            "complete": complete,
+            "bagcams_deploy": _version(),
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": model_path,
+            "checkpoint": checkpoint,
+            "method": info.method,
+            "target_layer": info.target_layer,
+            "precision": info.precision,
+            "input_size": list(size),
+            "input_size_source": size_source,
+            "backends": list(backends),
+            "batch_sizes": batch_sizes,
+            "threads": threads,
+            "threads_source": "--threads" if threads else "each runtime's default (its count of physical cores)",
+            "warmup": warmup,
+            "iters": iters,
+            "exact": exact,
+            "device": device,
+            "timed_region": TIMED_REGION,
+            "images_per_s": "batch / p50",
+            "floor": floor,
+            "plan": plan,
+            "machine": machine_info(),
+            "rows": [asdict(r) for r in rows],
+            "ratios": ratios([asdict(r) for r in rows]),
+        }
+        if error is not None:
+            out["error"] = error
+        return out
+
     with tempfile.TemporaryDirectory() as tmp:
         floor_path = None
         names = list(backends)
-        if include_floor:
+        if "skipped" not in floor:
             if not checkpoint:
                 raise BagcamsError("the forward-only floor needs --checkpoint (or pass --no-floor)")
             floor_path = str(Path(tmp) / "forward.onnx")
@@ -236,10 +431,14 @@ def run_benchmark(
                     "batch": batch, "size": size, "warmup": warmup, "iters": iters, "threads": threads,
                     "exact": exact, "device": device,
                 }  # fmt: skip
-                res = _run_isolated(job, timeout)
-                if not res["ok"]:
-                    raise BagcamsError(f"benchmark of {name} at batch {batch} failed: {res['error']}")
+                try:
+                    res = _run_isolated(job, timeout)
+                    if not res["ok"]:
+                        raise BagcamsError(f"benchmark of {name} at batch {batch} failed: {res['error']}")
+                except BagcamsError as exc:
+                    raise BenchmarkIncomplete(str(exc), report(False, str(exc))) from None
                 t = [v * 1000 for v in res["times"]]
+                dev, prec = where.get(name, (FLOOR_DEVICE, FLOOR_PRECISION))
                 row = BenchRow(
                     backend=name,
                     batch_size=batch,
@@ -252,43 +451,56 @@ def run_benchmark(
                     peak_rss_mb=res["peak"],
                     rss_before_mb=res["before"],
                     extra=res["extra"],
+                    device=dev,
+                    precision=prec,
                 )
                 rows.append(row)
                 if on_row:
                     on_row(row)
-    return {
-        "model": model_path,
-        "method": info.method if info else None,
-        "target_layer": info.target_layer if info else None,
-        "input_size": list(size),
-        "threads": threads,
-        "warmup": warmup,
-        "exact": exact,
-        "machine": machine_info(),
-        "rows": [asdict(r) for r in rows],
-        "ratios": ratios([asdict(r) for r in rows]),
-    }
+    return report(True)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def ratios(rows: list[dict]) -> dict:
-    """Speed-ups against torch-reference and overheads against the forward-only floor, per batch size."""
+    """Speed-ups against torch-reference and overheads against the forward-only floor, per batch size.
+    A row that runs elsewhere than the floor (another device or precision) gets ``x_forward_only``
+    null and the reason, rather than a ratio of two different things."""
     out: dict = {}
     by = {(r["backend"], r["batch_size"]): r for r in rows}
     for (name, batch), r in by.items():
         ref = by.get(("torch-reference", batch))
         floor = by.get((FLOOR, batch))
-        entry = {}
+        entry: dict = {}
         if ref and name != "torch-reference":
             entry["speedup_vs_torch_reference"] = ref["p50_ms"] / r["p50_ms"]
         if floor and name != FLOOR:
-            entry["x_forward_only"] = r["p50_ms"] / floor["p50_ms"]
+            why = floor_mismatch(r.get("device", FLOOR_DEVICE), r.get("precision", FLOOR_PRECISION))
+            entry["x_forward_only"] = None if why else r["p50_ms"] / floor["p50_ms"]
+            if why:
+                entry["x_forward_only_not_computed"] = why
         if entry:
             out[f"{name}@{batch}"] = entry
     return out
 
 
+def _json_safe(value: object) -> object:
+    """NaN and infinities as null: ``json.dumps`` would write ``NaN``, which is not JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def save_report(report: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+    path.write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False))
     return path

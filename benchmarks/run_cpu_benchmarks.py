@@ -15,33 +15,56 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import queue
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 
-def _export_child(ckpt: str, out: str, layer: str, queue) -> None:
-    import torch
+def _export_child(ckpt: str, out: str, layer: str, results, threads: int = 2) -> None:
+    """Export in a fresh process (its peak RSS is the export's own) with the benchmark's thread count;
+    an error goes back as one line, so the parent fails at once instead of waiting for a result."""
+    try:
+        import torch
 
-    torch.set_num_threads(2)
-    from bagcams_deploy.bench import peak_rss_mb
-    from bagcams_deploy.export.onnx_export import export_onnx
-    from bagcams_deploy.models import load_model
+        torch.set_num_threads(threads)
+        from bagcams_deploy.bench import peak_rss_mb
+        from bagcams_deploy.export.onnx_export import export_onnx
+        from bagcams_deploy.models import load_model
 
-    t0 = time.perf_counter()
-    r = export_onnx(load_model(ckpt), out, method="bagcams", target_layer=layer)
-    queue.put({"seconds": time.perf_counter() - t0, "trace_and_check_seconds": r.seconds,
-               "peak_rss_mb": peak_rss_mb(), "bytes": r.size_bytes})  # fmt: skip
+        t0 = time.perf_counter()
+        r = export_onnx(load_model(ckpt), out, method="bagcams", target_layer=layer)
+        seconds = time.perf_counter() - t0
+        results.put({"seconds": seconds, "trace_and_check_seconds": r.seconds, "peak_rss_mb": peak_rss_mb(),
+                     "bytes": r.size_bytes, "threads": torch.get_num_threads()})  # fmt: skip
+    except Exception as exc:
+        results.put({"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
 
 
-def measure_export(ckpt: str, out: str, layer: str) -> dict:
+def measure_export(ckpt: str, out: str, layer: str, threads: int = 2, timeout: float = 900.0) -> dict:
+    """Export time and peak RSS of ``layer``'s graph, measured in a spawned process. Polls the child,
+    so a failed or crashed export is reported at once with its error (not after ``timeout``)."""
+    from bagcams_deploy.errors import BagcamsError
+
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_export_child, args=(ckpt, out, layer, q))
+    p = ctx.Process(target=_export_child, args=(ckpt, out, layer, q, threads))
     p.start()
-    res = q.get(timeout=900)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            res = q.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise BagcamsError(f"export of {layer}: the export process died (exit code {p.exitcode})") from None
+            if time.monotonic() > deadline:
+                p.kill()
+                raise BagcamsError(f"export of {layer} timed out after {timeout:.0f}s") from None
     p.join()
+    if "error" in res:
+        raise BagcamsError(f"export of {layer} failed: {res['error']}")
     return res
 
 
@@ -82,8 +105,8 @@ def goal_table(report: dict) -> str:
         if layer not in report["layers"]:
             continue
         ratios = report["layers"][layer]["ratios"]
-        cells = [_ratio_cell(ratios[f"{b}@{batch}"][key], bar, kind) if f"{b}@{batch}" in ratios else "-"
-                 for b in backends]  # fmt: skip
+        cells = [_ratio_cell(ratios[f"{b}@{batch}"][key], bar, kind)
+                 if ratios.get(f"{b}@{batch}", {}).get(key) is not None else "-" for b in backends]  # fmt: skip
         lines.append(f"| {label} | {'>=' if kind == 'min' else '<='} {bar}x | " + " | ".join(cells) + " |")
     if "layer3" in report["layers"]:
         rows = {(r["backend"], r["batch_size"]): r for r in report["layers"]["layer3"]["rows"]}
@@ -130,6 +153,16 @@ def markdown(report: dict) -> str:
 
 
 def main() -> int:
+    from bagcams_deploy.errors import BagcamsError
+
+    try:
+        return run()
+    except BagcamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def run() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=10)
@@ -170,7 +203,7 @@ def main() -> int:
         )
         for layer in args.layers.split(","):
             graph = str(Path(tmp) / f"r50_{layer}.onnx")
-            report["export"][layer] = measure_export(ckpt, graph, layer)
+            report["export"][layer] = measure_export(ckpt, graph, layer, args.threads)
             print(f"export {layer}: {report['export'][layer]['seconds']:.1f}s, "
                   f"{report['export'][layer]['peak_rss_mb']:.0f} MB peak", flush=True)  # fmt: skip
 

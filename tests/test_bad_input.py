@@ -113,6 +113,32 @@ def test_output_paths_are_checked_before_the_run(cli, base, tmp_path):
         assert "p50" not in r.out and "PASS" not in r.out  # refused before any work
 
 
+def test_an_output_that_is_an_input_is_refused_and_the_input_survives(cli, base, dataset, tmp_path):
+    """``--json model.onnx`` used to replace the model with the report (exit 0); likewise export onto
+    its checkpoint and the reports of verify and evaluate. A hard link is the same file too."""
+    ckpt, graph = tmp_path / "m.pth", tmp_path / "m.onnx"
+    ckpt.write_bytes(base["ckpt"].read_bytes())
+    graph.write_bytes(base["graph"].read_bytes())
+    link = tmp_path / "link.onnx"
+    link.hardlink_to(graph)
+    before = {p: p.read_bytes() for p in (ckpt, graph)}
+    cases = [
+        (("export", ckpt, "-o", ckpt), "--output"),
+        (("verify", graph, "--checkpoint", ckpt, "--report", graph), "--report"),
+        (("verify", graph, "--checkpoint", ckpt, "--report", ckpt), "--report"),
+        (("bench", graph, "--checkpoint", ckpt, "--json", link), "--json"),
+        (("bench", graph, "--checkpoint", ckpt, "--json", tmp_path / "." / "m.pth"), "--json"),
+        (_eval(dataset, "--model", graph, "--report", graph), "--report"),
+        (_eval(dataset, "--model", ckpt.with_suffix(".json"), "--report", ckpt.with_suffix(".json")), "--report"),
+    ]
+    ckpt.with_suffix(".json").write_text("{}")  # evaluate --report r.json also writes r.md beside it
+    for args, flag in cases:
+        r = cli(*args)
+        assert_one_line_error(r, "writing it would destroy the input")
+        assert flag in r.err and "p50" not in r.out and "PASS" not in r.out
+    assert {p: p.read_bytes() for p in (ckpt, graph)} == before
+
+
 def test_images_sharing_a_stem_would_overwrite_each_other(cli, base, tmp_path):
     folder = tmp_path / "dup"
     folder.mkdir()

@@ -59,3 +59,11 @@ def test_committed_results_render_to_the_committed_markdown(cpu_bench):
 def test_a_value_just_past_the_bar_never_prints_as_the_bar(cpu_bench):
     assert cpu_bench._ratio_cell(1.7004, 1.7, "max") == "1.7004x ✗"
     assert cpu_bench._ratio_cell(2.4996, 2.5, "min") == "2.4996x ✗"
+
+
+def test_goal_table_shows_a_ratio_bench_left_out_as_a_dash(cpu_bench):
+    """bench leaves ``x_forward_only`` null (with its reason) for rows not comparable with the floor."""
+    report = _report(1.65, 800)
+    report["layers"]["layer3"]["ratios"]["ort-cpu@8"] = {"speedup_vs_torch_reference": 3.2, "x_forward_only": None}
+    row = next(r for r in cpu_bench.goal_table(report).splitlines() if "layer3, batch 8" in r and "forward-only" in r)
+    assert row.endswith("| - |")

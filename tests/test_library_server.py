@@ -78,6 +78,12 @@ def test_torch_analytic_follows_weights_reloaded_in_place(setup):
         ref = compute_cams(model, torch.from_numpy(x), "bagcams", "layer3")
         np.testing.assert_allclose(out["logits"], ref.logits.numpy(), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(out["cam"], ref.maps.numpy(), atol=1e-3)
+        other = build_model("resnet18", 7, seed=2, randomize_batchnorm=True)
+        for mine, theirs in zip(model.parameters(), other.parameters(), strict=True):
+            mine.data = theirs.data.clone()  # new storage, no version bump
+        out = b.infer(x)
+        ref = compute_cams(model, torch.from_numpy(x), "bagcams", "layer3")
+        np.testing.assert_allclose(out["logits"], ref.logits.numpy(), rtol=1e-4, atol=1e-4)
     assert b.net is None  # closing frees the folded copy of the weights
 
 

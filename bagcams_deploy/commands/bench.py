@@ -14,6 +14,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _ints(text: str, what: str) -> list[int]:
+    """Comma-separated positive integers, each once in the order given (a size twice would be run twice)."""
     from ..errors import BagcamsError
 
     try:
@@ -22,7 +23,7 @@ def _ints(text: str, what: str) -> list[int]:
         raise BagcamsError(f"{what} must be comma-separated integers, got {text!r}") from None
     if not values or min(values) < 1:
         raise BagcamsError(f"{what} must be positive integers, got {text!r}")
-    return values
+    return list(dict.fromkeys(values))
 
 
 def bench(
@@ -30,20 +31,27 @@ def bench(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint (torch backends, floor)"),
     backends: str = typer.Option("torch-reference,torch-analytic,ort-cpu", "--backends"),
     batch_sizes: str = typer.Option("1,8", "--batch-sizes"),
-    warmup: int = typer.Option(3, "--warmup", min=0),
-    iters: int = typer.Option(20, "--iters", min=1),
-    threads: int = typer.Option(None, "--threads", min=1, help="same intra-op thread count for every backend"),
-    exact: bool = typer.Option(False, "--exact", help="ONNX Runtime optimisations off"),
-    device: str = typer.Option("cpu", "--device", help="torch backends: cpu or cuda"),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="untimed calls before the timed ones"),
+    iters: int = typer.Option(20, "--iters", min=1, help="timed calls: p50/p90/p99 are over this many"),
+    threads: int = typer.Option(
+        None, "--threads", min=1, help="same intra-op thread count for every backend (default: each runtime's own)"
+    ),
+    exact: bool = typer.Option(False, "--exact", help="ONNX Runtime optimisations off (the floor's too)"),
+    device: str = typer.Option("cpu", "--device", help="torch backends only: cpu, cuda or cuda:N"),
+    input_size: int = typer.Option(
+        None, "--input-size", min=1, max=4096, help="H = W, only for graphs exported with --dynamic-size (default 224)"
+    ),
     no_floor: bool = typer.Option(False, "--no-floor", help="skip the forward-only classifier floor"),
-    json_out: Path = typer.Option(None, "--json", help="save the report (rows, ratios, machine) as JSON"),
+    json_out: Path = typer.Option(None, "--json", help="save the report (rows, ratios, settings, machine) as JSON"),
 ) -> None:
-    """p50/p90/p99 latency, images/s and peak memory per backend and batch size, plus the forward-only floor."""
-    from ..bench import run_benchmark, save_report
+    """p50/p90/p99 latency, images/s (batch / p50) and peak memory per backend and batch size, plus the
+    forward-only floor. Timed: numpy in to numpy out, GPU copies included, device synchronised."""
+    from ..bench import BenchmarkIncomplete, run_benchmark, save_report
+    from ..errors import BagcamsError
     from ..outputs import output_file
     from ..runtime import parse_backends
 
-    output_file(json_out, "--json")
+    output_file(json_out, "--json", inputs={"the model": model_path, "the checkpoint": checkpoint})
     names = parse_backends(backends)
     sizes = _ints(batch_sizes, "--batch-sizes")
     console = Console(width=None if Console().is_terminal else 140)
@@ -54,39 +62,52 @@ def bench(
             highlight=False,
         )
 
-    report = run_benchmark(
-        str(model_path), str(checkpoint) if checkpoint else None, names, sizes, warmup, iters, threads, exact,
-        device, include_floor=not no_floor, on_row=on_row,
-    )  # fmt: skip
-    t = Table(title=f"{report['method']} at {report['target_layer']}, threads={threads or 'default'}")
-    for col in (
-        "backend",
-        "batch",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "img/s",
-        "peak RSS MB",
-        "vs reference",
-        "x forward",
-    ):
-        t.add_column(col, justify="left" if col == "backend" else "right")
-    for r in report["rows"]:
-        ratio = report["ratios"].get(f"{r['backend']}@{r['batch_size']}", {})
-        sp = ratio.get("speedup_vs_torch_reference")
-        xf = ratio.get("x_forward_only")
-        t.add_row(
-            r["backend"], str(r["batch_size"]), f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}",
-            f"{r['images_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}", f"{sp:.2f}x" if sp else "-",
-            f"{xf:.2f}x" if xf else "-",
+    try:
+        report = run_benchmark(
+            str(model_path), str(checkpoint) if checkpoint else None, names, sizes, warmup, iters, threads, exact,
+            device, include_floor=not no_floor, on_row=on_row, input_size=input_size,
+            on_note=lambda text: console.print(text, highlight=False),
         )  # fmt: skip
-    console.print(t)
+    except BenchmarkIncomplete as exc:
+        if json_out is None:
+            raise
+        save_report(exc.report, json_out)
+        raise BagcamsError(
+            f'{exc} (the {len(exc.report["rows"])} rows measured before it are in {json_out}, "complete": false)'
+        ) from None
+    console.print(results_table(report))
     gpu = gpu_table(report)
     if gpu is not None:
         console.print(gpu)
     if json_out:
         save_report(report, json_out)
         console.print(f"report: {json_out}")
+
+
+def results_table(report: dict) -> Table:
+    """The rows with their ratios; the caption says what each figure is over and what was timed."""
+    size = "x".join(map(str, report["input_size"]))
+    t = Table(
+        title=f"{report['method']} at {report['target_layer']}, {size}, threads={report['threads'] or 'default'}, "
+        f"--device {report['device']}",
+        caption=f"p50/p90/p99 over {report['iters']} timed calls after {report['warmup']} warm-up; img/s = batch / "
+        "p50; timed: numpy in to numpy out (GPU copies included, synchronised); x forward: vs the forward-only "
+        "classifier in ONNX Runtime on the CPU, fp32, for rows on the CPU in fp32",
+    )
+    for col in ("backend", "on", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "peak RSS MB", "vs reference",
+                "x forward"):  # fmt: skip
+        t.add_column(col, justify="left" if col in ("backend", "on") else "right")
+    for r in report["rows"]:
+        ratio = report["ratios"].get(f"{r['backend']}@{r['batch_size']}", {})
+        sp = ratio.get("speedup_vs_torch_reference")
+        xf = ratio.get("x_forward_only")
+        peak = r.get("peak_rss_mb")
+        t.add_row(
+            r["backend"], f"{r.get('device', 'cpu')} {r.get('precision', 'fp32')}", str(r["batch_size"]),
+            f"{r['p50_ms']:.1f}", f"{r['p90_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['images_per_s']:.1f}",
+            f"{peak:.0f}" if peak is not None else "-", f"{sp:.2f}x" if sp else "-", f"{xf:.2f}x" if xf else "-",
+        )  # fmt: skip
+    return t
 
 
 GPU_COLUMNS = (  # (header, key in a row's extra, scale)

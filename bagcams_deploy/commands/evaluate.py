@@ -92,13 +92,14 @@ def evaluate(
 
     if not MIN_CAM_INTERVAL <= cam_interval < 1:
         raise BagcamsError(f"--cam-interval must be in [{MIN_CAM_INTERVAL}, 1), got {cam_interval}")
-    output_file(report, "--report")
+    inputs = {"the model": model, "the checkpoint": checkpoint, "--predictions": predictions}
+    output_file(report, "--report", inputs)
     if report is not None:
         if report.suffix.lower() == ".md":
             raise BagcamsError(
                 f"--report {report} names the JSON report; its Markdown table is written beside it (.md)"
             )
-        output_file(report.with_suffix(".md"), "--report's Markdown table")
+        output_file(report.with_suffix(".md"), "--report's Markdown table", inputs)
     output_dir(save_maps, "--save-maps")
     output_dir(plot, "--plot")
     if (model is None) == (maps is None):

@@ -43,7 +43,7 @@ def export(
 
     if method not in METHODS:
         raise BagcamsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    output_file(output, "--output")
+    output_file(output, "--output", {"the checkpoint": checkpoint})
     model = load_model(checkpoint, arch, num_classes, large_feature_map=False if small_feature_map else None)
     model.check_layer_for(method, target_layer)
     kwargs = {}
@@ -102,7 +102,7 @@ def verify(
     from ..runtime.registry import GRAPH_BACKENDS, check_model_kind, default_backend
     from ..verify import Tolerances, check_checkpoint_matches, judged_precision, verify_backend
 
-    output_file(report, "--report")
+    output_file(report, "--report", {"the model": model_path, "the checkpoint": checkpoint, "--images": images})
     is_plan = str(model_path).lower().endswith(PLAN_SUFFIXES)
     name = backend or ("tensorrt" if is_plan else default_backend())
     if name == "torch-reference":

@@ -110,7 +110,32 @@ class OrtBackend(Backend):
                     "--precision fp16 or fp32 for the CPU"
                 ) from None
             raise BagcamsError(f"ONNX Runtime cannot load {self.path}: {str(exc).splitlines()[0][:200]}") from None
+        self._check_provider()
         self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _check_provider(self) -> None:
+        """onnxruntime-gpu lists its CUDA and TensorRT providers whenever it was built with them, and a
+        session whose provider cannot start (no GPU, no cuDNN) falls back to the next one with only a
+        log line: refuse that, so an ``ort-cuda`` result never comes from the CPU. Fallback during
+        ``run()`` is turned off for the same reason."""
+        wanted = PROVIDERS[self.name][0]
+        used = list(self.session.get_providers())
+        if not used or used[0] != wanted:
+            self.session = None
+            raise BagcamsError(
+                f"{self.name}: ONNX Runtime could not start {wanted} (the session fell back to "
+                f"{', '.join(used) or 'no provider'}); check the CUDA/cuDNN"
+                f"{'/TensorRT' if self.name == 'ort-trt' else ''} libraries and that a GPU is visible"
+            )
+        disable = getattr(self.session, "disable_fallback", None)  # onnxruntime's InferenceSession has it
+        if disable is not None:
+            disable()
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session actually runs on, in priority order."""
+        session = getattr(self, "session", None)
+        return list(session.get_providers()) if session is not None else []
 
     def deactivate_impl(self) -> None:
         self.session = None

@@ -74,9 +74,9 @@ class TorchReferenceBackend(_TorchBackend):
         self.published_autograd = published_autograd
 
     def infer_impl(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(images).to(self.device)
-        ids = torch.from_numpy(class_ids).to(self.device)
-        with Timer() as t:
+        with Timer() as t:  # host to host, as every backend: the copies to and from a GPU are timed
+            x = torch.from_numpy(images).to(self.device)
+            ids = torch.from_numpy(class_ids).to(self.device)
             r = compute_cams(
                 self.model,
                 x,
@@ -86,12 +86,13 @@ class TorchReferenceBackend(_TorchBackend):
                 published_autograd=self.published_autograd,
                 check_finite=False,  # Backend.infer checks every backend's outputs, untimed
             )
+            out = {"logits": r.logits, "class_id_used": r.class_ids, "features": r.features, "cam": r.maps}
+            if r.gradients is not None:
+                out["gradients"] = r.gradients
+            result = {k: v.cpu().numpy() for k, v in out.items()}
             self._sync()
         self.last_inference_time = t.seconds
-        out = {"logits": r.logits, "class_id_used": r.class_ids, "features": r.features, "cam": r.maps}
-        if r.gradients is not None:
-            out["gradients"] = r.gradients
-        return {k: v.cpu().numpy() for k, v in out.items()}
+        return result
 
 
 class TorchAnalyticBackend(_TorchBackend):
@@ -117,9 +118,14 @@ class TorchAnalyticBackend(_TorchBackend):
         self._weights_seen: tuple = ()
 
     def _weights_state(self) -> tuple:
-        """Which tensors the model holds and their in-place versions: ``load_state_dict`` bumps the
-        versions, assigning a new Parameter changes the identity."""
-        return tuple((id(t), t._version) for t in (*self.model.parameters(), *self.model.buffers()))
+        """Which tensors the model holds, their storage, dtype and in-place versions: ``load_state_dict``
+        bumps the versions, assigning a new Parameter changes the identity, ``p.data = ...`` and
+        ``model.double()`` / ``.half()`` change the storage and dtype. Not seen: in-place edits through
+        ``p.data`` (``.data`` has its own version counter); rebuild with ``deactivate``/``activate``."""
+        return tuple(
+            (id(t), t._version, t.data_ptr(), t.dtype, t.device)
+            for t in (*self.model.parameters(), *self.model.buffers())
+        )
 
     def activate_impl(self) -> None:
         super().activate_impl()
@@ -162,19 +168,20 @@ class TorchAnalyticBackend(_TorchBackend):
 
     def infer_impl(self, images: np.ndarray, class_ids: np.ndarray) -> dict[str, np.ndarray]:
         net = self._current_net()
-        x = torch.from_numpy(images).to(self.device)
-        ids = torch.from_numpy(class_ids).to(self.device)
-        if self.cuda_graph:
-            graph, static_x, static_ids, static_out = self._captured(tuple(x.shape))
-            with Timer() as t:
-                static_x.copy_(x)
-                static_ids.copy_(ids)
+        if self.cuda_graph:  # captured once per shape, outside the timed region (warm-up covers it)
+            graph, static_x, static_ids, static_out = self._captured(tuple(images.shape))
+            with Timer() as t:  # host to host, as every backend: the copies to and from the GPU are timed
+                static_x.copy_(torch.from_numpy(images))
+                static_ids.copy_(torch.from_numpy(class_ids))
                 graph.replay()
+                result = {k: v.cpu().numpy() for k, v in zip(net.output_names, static_out, strict=True)}
                 self._sync()
-            outputs = static_out
         else:
             with Timer() as t, torch.no_grad():
+                x = torch.from_numpy(images).to(self.device)
+                ids = torch.from_numpy(class_ids).to(self.device)
                 outputs = net(x, ids)
+                result = {k: v.cpu().numpy() for k, v in zip(net.output_names, outputs, strict=True)}
                 self._sync()
         self.last_inference_time = t.seconds
-        return {k: v.cpu().numpy() for k, v in zip(net.output_names, outputs, strict=True)}
+        return result
