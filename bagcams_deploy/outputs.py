@@ -21,12 +21,11 @@ def _check_ancestor(path: Path, what: str) -> None:
 
 
 def same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file (resolved links, or one inode for hard links)."""
-    if a.resolve() == b.resolve():
-        return True
+    """Whether two existing paths name one file (resolved links, or one inode for hard links); a path
+    that cannot be resolved (a link loop) names no file."""
     try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
+        return a.exists() and b.exists() and (a.resolve() == b.resolve() or os.path.samefile(a, b))
+    except (OSError, RuntimeError):  # RuntimeError: Python < 3.13's symlink loop
         return False
 
 

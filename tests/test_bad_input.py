@@ -137,6 +137,11 @@ def test_an_output_that_is_an_input_is_refused_and_the_input_survives(cli, base,
         assert_one_line_error(r, "writing it would destroy the input")
         assert flag in r.err and "p50" not in r.out and "PASS" not in r.out
     assert {p: p.read_bytes() for p in (ckpt, graph)} == before
+    # a missing input is reported as missing, not as destroyed; a symlink loop is no file, not a traceback
+    assert_one_line_error(cli("export", tmp_path / "none.pth", "-o", tmp_path / "none.pth"), "not found")
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    assert_one_line_error(cli("export", tmp_path / "loop1", "-o", tmp_path / "x.onnx"), "loop1")
 
 
 def test_images_sharing_a_stem_would_overwrite_each_other(cli, base, tmp_path):

@@ -254,6 +254,11 @@ def test_mask_only_folder_with_prefixed_ids_is_aligned(mask_set, tmp_path):
     with pytest.raises(BagcamsError, match=r"no mask for image a/2\.jpg in .*partial/localization\.txt"):
         Scorer(cub, partial, masks).add("a/2.jpg", m, None)
     assert "lists boxes, not masks" in error_of(load_mask_metadata, write(tmp_path / "boxes", **BOX_FILES))
+    clash = load_mask_metadata(
+        write(tmp_path / "clash", localization="x/a/1.jpg,a/i1.png,\ny/a/1.jpg,a/i2.png,\nx/a/2.jpg,a/i2.png,\n")
+    )
+    message = error_of(align_mask_ids, cub.image_ids, clash)
+    assert "'x/a/1.jpg' and 'y/a/1.jpg' both become 'a/1.jpg'" in message
 
 
 def test_mask_set_errors(mask_set):

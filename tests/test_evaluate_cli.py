@@ -106,6 +106,11 @@ def test_evaluate_real_layouts_mask_folder_without_sizes_and_cubmask_ids(cli, se
             assert "note: " in r.err and "without their first folder" in r.err
     for k in ("pIoU", "PxAP"):
         assert summaries[0][k] is not None and summaries[1][k] == summaries[0][k] == summaries[2][k]
+    # images without a mask are named before the run, not at the first one met
+    (cubmask / "localization.txt").write_text("".join(f"images/{line}\n" for line in lines[:1]))
+    r = cli("evaluate", "--metadata", d / "metadata" / "test", "--mask-metadata", cubmask, *common)
+    assert_one_line_error(r, "5 of 6 images have no mask in", "its ids look like")
+    assert "evaluating" not in r.out
     assert summaries[2].get("MaxBoxAccV2") is None  # a mask split has no boxes
 
 

@@ -216,6 +216,7 @@ def test_build_engine_never_destroys_its_input_or_the_engine(fakes, graphs, cli,
         (["-o", tmp_path / "m.plan", "--timing-cache", tmp_path], "--timing-cache"),
         (["-o", tmp_path / "m.plan", "--timing-cache", graph], "is the ONNX graph"),
         (["-o", tmp_path / "m.plan", "--timing-cache", tmp_path / "m.plan"], "is the plan"),
+        (["-o", tmp_path / "m.plan", "--timing-cache", tmp_path / "m.plan.json"], "is the plan or its record"),
     ]:
         assert_one_line_error(cli("build-engine", graph, *args), needle)
     assert len(trt.builds) == builds and hashlib.sha256(graph.read_bytes()).hexdigest() == digest
@@ -241,7 +242,7 @@ def test_build_engine_never_destroys_its_input_or_the_engine(fakes, graphs, cli,
     assert_one_line_error(cli("engine-info", plain), "is an ONNX graph, not a TensorRT plan")
 
 
-def test_rebuild_hint_repeats_the_recorded_build(fakes, graphs, cli, tmp_path):
+def test_rebuild_hint_repeats_the_recorded_build(fakes, graphs, cli, tmp_path, monkeypatch):
     """Following "rebuild it here" must not silently change the batch range, size, workspace or TF32."""
     from bagcams_deploy.runtime.tensorrt_build import SystemInfo, check_plan_compatible
 
@@ -253,13 +254,22 @@ def test_rebuild_hint_repeats_the_recorded_build(fakes, graphs, cli, tmp_path):
     with pytest.raises(BagcamsError) as err:
         check_plan_compatible(record, SystemInfo("10.13.3.9", "NVIDIA L4", (8, 9)), plan)
     hint = str(err.value).split("rebuild it here: ")[1]
-    assert hint == (f"bagcams-deploy build-engine {graphs['nocam']} --output {plan} --min-batch 2 --opt-batch 8 "
-                    "--max-batch 16 --workspace-gb 1.5 --no-tf32")  # fmt: skip
+    assert hint == (f"bagcams-deploy build-engine {graphs['nocam'].resolve()} --output {plan} --min-batch 2 "
+                    "--opt-batch 8 --max-batch 16 --workspace-gb 1.5 --no-tf32")  # fmt: skip
     r = cli(*hint.split()[1:])  # the hint is a working command
     assert r.code == 0, r.err
     again = json.loads(sidecar_path(plan).read_text())
     for key in ("profile", "workspace_gb", "tf32", "source_onnx"):
         assert again[key] == record[key]
+    # a graph named relative to the folder of the build is recorded absolute: the hint works from anywhere
+    monkeypatch.chdir(graphs["nocam"].parent)
+    assert cli("build-engine", graphs["nocam"].name, "-o", plan).code == 0
+    assert json.loads(sidecar_path(plan).read_text())["source_onnx"] == str(graphs["nocam"].resolve())
+    # a record from before dynamic_size was recorded repeats the size, which a fixed-size graph accepts
+    del record["graph"]["dynamic_size"]
+    with pytest.raises(BagcamsError) as err:
+        check_plan_compatible(record, SystemInfo("10.13.3.9", "NVIDIA L4", (8, 9)), plan)
+    assert f"--input-size {SIZE}" in str(err.value)
 
 
 def test_ort_trt_options_cache_engines_and_profile_the_graphs_size(graphs, models, tmp_path, monkeypatch):

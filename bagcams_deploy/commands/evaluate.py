@@ -114,6 +114,14 @@ def evaluate(
         raise BagcamsError("--predictions is for --maps; with --model the model's own predictions are used")
     meta = load_metadata(metadata)
     mask_meta = align_mask_ids(meta.image_ids, load_mask_metadata(mask_metadata)) if mask_metadata else None
+    if mask_meta is not None:  # before the run, not at the first image without one
+        scored = meta.image_ids[:limit] if limit else meta.image_ids
+        lacking = [i for i in scored if i not in mask_meta.mask_paths]
+        if lacking:
+            raise BagcamsError(
+                f"{len(lacking)} of {len(scored)} images have no mask in {mask_metadata}/localization.txt "
+                f"(first: {lacking[0]!r}; its ids look like {next(iter(mask_meta.mask_paths))!r})"
+            )
     notes = meta.notes + (mask_meta.notes if mask_meta else [])
     for note in notes:  # before a run that may take an hour
         typer.echo(f"note: {note}", err=True)

@@ -171,7 +171,16 @@ def align_mask_ids(image_ids: Sequence[str], masks: WSOLMetadata) -> WSOLMetadat
     """
     if any(i in masks.mask_paths for i in image_ids):
         return masks
-    stripped = {k.split("/", 1)[1]: k for k in masks.mask_paths if "/" in k}
+    stripped: dict[str, str] = {}
+    for k in masks.mask_paths:
+        if "/" in k:
+            short = k.split("/", 1)[1]
+            if short in stripped and any(i == short for i in image_ids):
+                raise BagcamsError(
+                    f"{masks.root}/localization.txt: mask ids {stripped[short]!r} and {k!r} both become "
+                    f"{short!r} without their first folder; cannot tell which masks belong to that image"
+                )
+            stripped[short] = k
     if len(stripped) != len(masks.mask_paths) or not any(i in stripped for i in image_ids):
         return masks
     first = next(iter(masks.mask_paths))

@@ -106,8 +106,8 @@ def rebuild_command(sidecar: dict, plan: str | Path) -> str:
                 parts += [f"--{key.replace('_', '-')}", str(profile[key])]
     graph = sidecar.get("graph")
     size = graph.get("input_size") if isinstance(graph, dict) else None
-    if isinstance(size, list) and len(size) == 2 and size[0] == size[1] and graph.get("dynamic_size"):
-        parts += ["--input-size", str(size[0])]
+    if isinstance(size, list) and len(size) == 2 and size[0] == size[1] and graph.get("dynamic_size") is not False:
+        parts += ["--input-size", str(size[0])]  # a record older than dynamic_size: the size may be needed
     if isinstance(sidecar.get("workspace_gb"), int | float):
         parts += ["--workspace-gb", f"{sidecar['workspace_gb']:g}"]
     if sidecar.get("tf32") is False:
@@ -225,7 +225,10 @@ def build_engine(
     output_file(plan_path, "--output", {"the ONNX graph": onnx_path})
     output_file(sidecar_path(plan_path), "--output's record", {"the ONNX graph": onnx_path})
     cache_path = Path(timing_cache) if timing_cache else None
-    output_file(cache_path, "--timing-cache", {"the ONNX graph": onnx_path, "the plan": plan_path})
+    output_file(cache_path, "--timing-cache", {"the ONNX graph": onnx_path, "the plan": plan_path,
+                                               "the plan's record": sidecar_path(plan_path)})  # fmt: skip
+    if cache_path is not None and cache_path.absolute() in (plan_path.absolute(), sidecar_path(plan_path).absolute()):
+        raise BagcamsError(f"--timing-cache {cache_path} is the plan or its record; give the cache its own file")
     if cache_path is not None and cache_path.exists() and not os.access(cache_path, os.R_OK):
         raise BagcamsError(f"--timing-cache {cache_path}: the file is not readable")
     # read before anything is written, so nothing the build writes can change them
@@ -298,7 +301,7 @@ def build_engine(
         "format": SIDECAR_FORMAT,
         "graph": graph,
         "class_names": class_names,
-        "source_onnx": str(onnx_path),
+        "source_onnx": str(onnx_path.resolve()),  # absolute: rebuild hints are read from anywhere
         "source_onnx_sha256": onnx_sha256,
         "plan_sha256": file_sha256(plan_path),
         "profile": asdict(profile),

@@ -29,7 +29,8 @@ using Box = std::array<int, 4>;  // x0, y0, x1, y1, inclusive pixel edges
 // bagcams_deploy.visualize.resize_map: a [h, w] float map resized to [out_h, out_w].
 //
 // What Python runs is cv2.resize(INTER_LINEAR) on float32, which the opencv-python wheels hand to
-// Intel IPP (OpenCV's IPP HAL). Reproduced here bit for bit (checked against opencv-python 5.0 with
+// Intel IPP (OpenCV's IPP HAL). Reproduced here bit for bit for maps of at least 2x2 pixels (a map
+// one pixel high or wide differs by up to 2e-6; checked against opencv-python 5.0 with
 // IPP 2026.0, whose AVX2 and AVX-512 paths agree): half-pixel centres, the source coordinate
 // (d + 0.5) * (in / out) - 0.5 in double, its fraction rounded to float, edges replicated; each
 // output is a float lerp a + f * (b - a) computed with one fused multiply-add, horizontally first
