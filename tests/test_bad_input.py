@@ -555,3 +555,18 @@ def test_numpy_and_torch_scalars_are_integers_too(base, tmp_path):
     same = base["imgs"] / "a.png"
     # the library runs what it is given: one file twice is not a clash of two files
     assert len(localize_images(b, [same, Path(str(same))], tmp_path / "o2")) == 2
+
+
+def test_demo_in_a_folder_of_an_earlier_larger_run(cli, tmp_path):
+    """An earlier run's extra scenes used to be drawn (and crash the label lookup), and its bench.json
+    stayed beside a summary without bench figures."""
+    out = tmp_path / "demo"
+    write_dataset(out / "scenes", {"train": 0, "val": 0, "test": 12}, seed=3, size=64)
+    (out / "bench.json").write_text("{}")
+    args = ["demo", "--out", out, "--num-test", "10", "--skip-bench", "--cam-interval", "0.01"]
+    assert_one_line_error(cli(*args, "--num-localize", "11"), "--num-localize 11 is more than the 10 test scenes")
+    r = cli(*args, "--num-localize", "10")
+    assert r.code == 0, r.err
+    assert "10 overlays with boxes" in r.out
+    assert len(list((out / "localize").glob("*_overlay.png"))) == 10
+    assert not (out / "bench.json").exists() and "bench" not in json.loads((out / "summary.json").read_text())

@@ -79,7 +79,6 @@ def demo(
     from ..commands.evaluate import summary_markdown, summary_table
     from ..export.onnx_export import export_onnx
     from ..methods.names import METHOD_LABELS
-    from ..preprocessing import expand_image_paths
     from ..runtime import create_backend
     from ..runtime.registry import default_backend
     from ..scenes import write_dataset
@@ -94,6 +93,9 @@ def demo(
 
     output_dir(out, "--out")
     from ..evaluation.boxes import MIN_CAM_INTERVAL
+
+    if num_localize > num_test:
+        raise BagcamsError(f"--num-localize {num_localize} is more than the {num_test} test scenes (--num-test)")
 
     if not MIN_CAM_INTERVAL <= cam_interval < 1:
         raise BagcamsError(f"--cam-interval must be in [{MIN_CAM_INTERVAL}, 1), got {cam_interval}")
@@ -111,13 +113,19 @@ def demo(
     console.rule("2/6  generated test scenes (seeded, the split the model was tested on)")
     data = out / "scenes"
     write_dataset(data, {"train": 0, "val": 0, "test": num_test}, seed=DEMO_DATA_SEED)
+    from ..evaluation import load_metadata
+
+    test_meta = load_metadata(data / "metadata" / "test")
+    labels = test_meta.class_labels
+    # this run's scenes, from its metadata: the folder may hold an earlier, larger run's images
+    scenes = [data / "images" / image_id for image_id in test_meta.image_ids]
     console.print(f"{num_test} test scenes with boxes and masks under {data}")
 
     console.rule("3/6  export BagCAMs (layer3) to ONNX and verify it against the PyTorch reference")
     graph = out / "scenes_resnet18_bagcams.onnx"
     r = export_onnx(model, graph, method="bagcams", target_layer="layer3")
     console.print(f"{graph}: {r.size_bytes / 1e6:.0f} MB in {r.seconds:.1f}s; outputs {', '.join(r.outputs)}")
-    scene_paths = expand_image_paths([data / "images" / "test"])[:4]
+    scene_paths = scenes[:4]
     with create_backend(cpu, graph=graph, threads=threads) as b:
         rep = verify_backend(b, model, str(graph), scene_paths, num_random=4)
     w = rep.worst()
@@ -131,12 +139,9 @@ def demo(
     console.rule("4/6  localize a few scenes (overlays with boxes)")
     from ..localize import localize_images
 
-    shown = expand_image_paths([data / "images" / "test"])[:num_localize]
+    shown = scenes[:num_localize]
     with create_backend(cpu, graph=graph, threads=threads) as b:
         recs = localize_images(b, shown, out / "localize", threshold=0.5)
-    from ..evaluation import load_metadata
-
-    labels = load_metadata(data / "metadata" / "test").class_labels
     right = sum(r["class_id"] == labels[str(Path(r["image"]).relative_to(data / "images"))] for r in recs)
     console.print(f"{len(recs)} overlays with boxes in {out / 'localize'}; {right}/{len(recs)} classified right")
 
@@ -166,6 +171,8 @@ def demo(
         bench = run_benchmark(str(graph), str(ckpt), backends, [1, 8], warmup=1, iters=5, threads=threads, on_row=show)
         (out / "bench.json").write_text(json.dumps(bench, indent=2))
         summary["bench"] = bench["ratios"]
+    else:
+        (out / "bench.json").unlink(missing_ok=True)  # an earlier run's, not this one's
     summary["seconds"] = time.perf_counter() - t_start
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     console.rule(f"done in {summary['seconds']:.0f}s")
