@@ -13,6 +13,9 @@ The training recipe, data seed and measured accuracies live beside it in ``scene
 from __future__ import annotations
 
 import json
+import os
+import zipfile
+import zlib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -78,13 +81,31 @@ def unpack_state(arrays: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
 
 
 def save_packed(model: WSOLModel, path: str | Path) -> Path:
-    """Write the model's extractor+classifier state as a packed ``.npz``."""
+    """Write the model's extractor+classifier state as a packed ``.npz``.
+
+    Atomic: the archive goes to a temporary file beside ``path`` that replaces it only once complete, so
+    an interruption or a full disk leaves the previous file (or none), never a truncated one.
+    """
     state = {f"extractor.{k}": v for k, v in model.extractor.state_dict().items()}
     state.update({f"classifier.{k}": v for k, v in model.classifier.state_dict().items()})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **pack_state(state))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name without it
+            np.savez_compressed(f, **pack_state(state))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+# What a damaged or foreign file raises on the way in: a truncated or non-zip file (BadZipFile,
+# EOFError, ValueError from np.load), a corrupt member (zlib.error), a missing array (KeyError), or
+# an unreadable file (OSError).
+_UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, OSError)
 
 
 def load_packed(path: str | Path, class_names: tuple[str, ...] | None = None) -> WSOLModel:
@@ -94,9 +115,15 @@ def load_packed(path: str | Path, class_names: tuple[str, ...] | None = None) ->
     path = Path(path)
     if not path.is_file():
         raise BagcamsError(f"packed weights not found: {path}")
-    with np.load(path, allow_pickle=False) as z:
-        state = unpack_state({k: z[k] for k in z.files})
-    n_cls = int(state["classifier.fc.weight"].shape[0])
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            state = unpack_state({k: z[k] for k in z.files})
+        n_cls = int(state["classifier.fc.weight"].shape[0])
+    except _UNREADABLE as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if isinstance(exc, KeyError):
+            detail = f"missing array {detail}"
+        raise BagcamsError(f"{path}: not a readable packed model ({detail}); rewrite or reinstall it") from None
     model = WSOLModel(DEMO_ARCHITECTURE, n_cls, large_feature_map=True, class_names=class_names)
     ext = {k.removeprefix("extractor."): v for k, v in state.items() if k.startswith("extractor.")}
     cls = {k.removeprefix("classifier."): v for k, v in state.items() if k.startswith("classifier.")}

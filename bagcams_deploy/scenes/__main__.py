@@ -7,8 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
+
 from ..errors import BagcamsError
-from .writer import write_dataset
+from .writer import MAX_SIZE, write_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +25,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _write(a)
     except (BagcamsError, OSError, ValueError) as exc:  # bad options or an unwritable place: one line
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_first_line(exc)}", file=sys.stderr)
         return 1
+    except (MemoryError, cv2.error) as exc:  # an image too large for this machine's memory
+        print(f"error: could not make {a.size} px scenes ({_first_line(exc)}); use a smaller --size", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {a.out} is incomplete (classes.json says \"complete\": false, and the split "
+              "being written has no metadata): rerun to finish it", file=sys.stderr)  # fmt: skip
+        return 130
+
+
+def _first_line(exc: BaseException) -> str:
+    """One line of an exception's text; for OpenCV's, the part after its source location."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return "out of memory" if isinstance(exc, MemoryError) else type(exc).__name__
+    return lines[0].split(" error: ", 1)[-1] if isinstance(exc, cv2.error) else lines[0]
 
 
 def _write(a: argparse.Namespace) -> int:
@@ -37,6 +54,11 @@ def _write(a: argparse.Namespace) -> int:
         raise BagcamsError("nothing to write: --train, --val and --test are all 0")
     if a.size < 32:
         raise BagcamsError(f"--size must be >= 32, got {a.size}")
+    if a.size > MAX_SIZE:
+        raise BagcamsError(
+            f"--size must be <= {MAX_SIZE}, got {a.size} (each object is rasterised at 3x the size while it "
+            "is placed, so memory grows with 9 x size^2 per image; WSOL models run at 224)"
+        )
     if not str(a.out).strip():
         raise BagcamsError("--out is empty")
     output_dir(Path(a.out), "--out")

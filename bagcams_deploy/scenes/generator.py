@@ -33,7 +33,13 @@ CLASS_NAMES: tuple[str, ...] = (
     "spiral",
 )
 
-# Object area as a fraction of the image (promised range; targets are sampled inside a safety margin).
+# Object area as a fraction of the image. Targets are sampled in _TARGET_AREA; every class but the
+# spiral lands inside [MIN_AREA_FRAC, MAX_AREA_FRAC] at every size checked (32-300 px: 0.09-0.43 seen).
+# The spiral's line width is a whole number of pixels, so its area is a step function of the scale that
+# the three secant steps of _place may not settle: at some sizes below ~135 px it misses the range
+# (0.062-0.474 seen over 64-160 px, up to 0.56 below 64 px); from 135 px up it stayed inside in the
+# sizes checked (161-305 px, 300 seeds each: 0.080-0.43; 224 px: 0.091-0.415). Not corrected: that
+# would change the scenes, and so the data sets and the demo model, where they hold.
 MIN_AREA_FRAC = 0.08
 MAX_AREA_FRAC = 0.45
 _TARGET_AREA = (0.10, 0.40)

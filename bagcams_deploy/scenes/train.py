@@ -8,7 +8,14 @@ weights and the BatchNorm statistics to it. One cosine learning-rate schedule sp
 The train/val/test scenes are exactly the splits ``write_dataset(root, counts, seed=data_seed)`` writes
 (same per-image seeds), so the test split the accuracy is measured on is the one ``demo`` and
 ``evaluate`` score. Output: the packed weights and a JSON config with the recipe, the data seed, the
-timings and the measured accuracies (float and packed), in ``--out-dir``.
+timings and the measured accuracies (float and packed), in ``--out-dir``. Both are written to temporary
+names and renamed into place together, and only when the packed model reaches the 90% test-accuracy
+bar: a failed, interrupted or out-of-space run leaves ``--out-dir`` as it was.
+
+``history[*].img_per_s`` (see ``IMG_PER_S``): images trained per second over the optimizer steps since
+the previous record, the validation pass excluded. ``config.batch_size`` is the number of images every
+step used (``--num-train`` when that is below 32). The training set lives in memory (about 0.2 MB a
+scene), so a ``--num-train`` that needs more than the available memory is refused before any work.
 
 The run is seeded (data, initial weights, shuffling, flips); CPU kernels may still differ in the last
 bits between machines, so a rerun elsewhere gives a model of the same quality, not the same bytes.
@@ -17,8 +24,11 @@ bits between machines, so a rerun elsewhere gives a model of the same quality, n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +46,12 @@ from ..models import WSOLModel, build_model
 from ..preprocessing import MEAN, STD
 from .generator import CLASS_NAMES, generate_scene
 from .writer import scene_seed
+
+IMG_PER_S = (
+    "img_per_s: images trained per second over the optimizer steps since the previous record "
+    "(wall time of the training steps only; the validation pass is excluded)"
+)
+ACCURACY_BAR = 90.0  # % packed test accuracy a demo model needs
 
 
 @dataclass
@@ -111,6 +127,8 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[WSOLModel, dict]:
     """Run the recipe; returns the trained float model (eval mode) and the run's record."""
+    if not 1 <= cfg.batch_size <= cfg.num_train:
+        raise BagcamsError(f"batch size {cfg.batch_size} must be in [1, num_train={cfg.num_train}]")
     torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -162,7 +180,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[WSOLMod
             loss_sum += float(loss.detach()) * len(idx)
             right += int((logits.argmax(1) == y).sum())
             if (k + 1) % cfg.eval_every == 0 or k + 1 == steps:
-                rate = seen / (time.perf_counter() - t_window)  # training steps only, before the val pass
+                rate = seen / (time.perf_counter() - t_window)  # see IMG_PER_S: before the val pass
                 val_acc = accuracy(model, val, y_val)
                 rec = {
                     "step": step,
@@ -202,13 +220,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps-low", type=int, default=None, help="steps of the low-resolution phase")
     p.add_argument("--steps-high", type=int, default=None, help="steps of the 224 px phase")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--float-checkpoint", type=Path, default=None, help="also save the unpacked float model")
+    p.add_argument(
+        "--float-checkpoint",
+        type=Path,
+        default=None,
+        help="also save the unpacked float model (with the others, only when the bar is met)",
+    )
     a = p.parse_args(argv)
     try:
         return _run(a, argv)
     except (BagcamsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except MemoryError:
+        print(f"error: out of memory (--num-train {a.num_train}, --num-test {a.num_test}); {a.out_dir} not changed",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {a.out_dir} not changed", file=sys.stderr)
+        return 130
 
 
 def _check_options(a: argparse.Namespace) -> None:
@@ -227,6 +257,43 @@ def _check_options(a: argparse.Namespace) -> None:
     output_dir(a.out_dir, "--out-dir")
     if a.float_checkpoint is not None:
         output_file(a.float_checkpoint, "--float-checkpoint")
+    _check_memory(a.num_train, a.num_val, a.num_test)
+
+
+def _scene_bytes(size: int) -> int:
+    return size * size * 3
+
+
+def memory_needed(num_train: int, num_val: int, num_test: int) -> int:
+    """Bytes of the scene arrays the run holds at once: train and val at 224 px plus their low-resolution
+    copy (the first phase), then the test split (after training, when the others are freed)."""
+    low = TrainConfig().phases[0][0]
+    per_scene = _scene_bytes(224) + _scene_bytes(low)
+    return max((num_train + num_val) * per_scene, num_test * _scene_bytes(224))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable), or None where it cannot be told."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_memory(num_train: int, num_val: int, num_test: int) -> None:
+    need, have = memory_needed(num_train, num_val, num_test), available_memory()
+    if have is not None and need > have:
+        raise BagcamsError(
+            f"the scenes alone need {need / 2**30:.1f} GiB of memory (the training scenes are all held in "
+            f"memory, about 0.2 MB each), more than the {have / 2**30:.1f} GiB available: lower --num-train"
+        )
 
 
 def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
@@ -243,24 +310,49 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
+    if cfg.batch_size > cfg.num_train:
+        log(f"batch size {cfg.num_train}, not {cfg.batch_size}: --num-train is below it")
+        cfg.batch_size = cfg.num_train  # what every step then uses, and what the record says
+
     t0 = time.perf_counter()
     model, record = train(cfg, log)
-    if a.float_checkpoint:
-        from ..models import save_checkpoint
-
-        save_checkpoint(model, a.float_checkpoint)
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    weights = save_packed(model, a.out_dir / DEMO_WEIGHTS)
-    packed = load_packed(weights, class_names=CLASS_NAMES)
+    final = {"weights": a.out_dir / DEMO_WEIGHTS, "config": a.out_dir / DEMO_CONFIG}
+    if a.float_checkpoint:
+        final["float"] = a.float_checkpoint
+    staged = {k: p.with_name(f".{p.name}.{os.getpid()}.staged") for k, p in final.items()}
+    try:
+        weights = save_packed(model, staged["weights"])
+        packed = load_packed(weights, class_names=CLASS_NAMES)
+        test, y_test = _scenes("test", cfg.num_test, cfg.data_seed)
+        acc_float = accuracy(model, test, y_test)
+        acc_packed = accuracy(packed, test, y_test)
+        del test
+        total_min = (time.perf_counter() - t0) / 60
+        size_mb = weights.stat().st_size / 1e6
+        log(f"test accuracy at 224 px on {cfg.num_test} scenes: float {acc_float:.2f}%, packed int8 {acc_packed:.2f}%")
+        if acc_packed < ACCURACY_BAR:
+            print(f"error: the packed model reached {acc_packed:.2f}% test accuracy, under the {ACCURACY_BAR:.0f}% a "
+                  f"demo model needs: train longer (--steps-low/--steps-high); {a.out_dir} not changed",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        info = _record(cfg, record, acc_float, acc_packed, total_min, argv)
+        staged["config"].write_text(json.dumps(info, indent=2) + "\n")
+        if "float" in staged:
+            from ..models import save_checkpoint
 
-    test, y_test = _scenes("test", cfg.num_test, cfg.data_seed)
-    acc_float = accuracy(model, test, y_test)
-    acc_packed = accuracy(packed, test, y_test)
-    total_min = (time.perf_counter() - t0) / 60
-    log(f"test accuracy at 224 px on {cfg.num_test} scenes: float {acc_float:.2f}%, packed int8 {acc_packed:.2f}%")
-    log(f"total {total_min:.1f} min; weights {weights} ({weights.stat().st_size / 1e6:.1f} MB)")
+            save_checkpoint(model, staged["float"])
+        _replace_together([(staged[k], final[k]) for k in final])
+    finally:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
+    log(f"total {total_min:.1f} min; weights {final['weights']} ({size_mb:.1f} MB), record {final['config']}")
+    return 0
 
-    info = {
+
+def _record(cfg: TrainConfig, record: dict, acc_float: float, acc_packed: float, total_min: float,
+            argv: list[str] | None) -> dict:  # fmt: skip
+    return {
         "model": {"architecture": cfg.architecture, "large_feature_map": True, "num_classes": len(CLASS_NAMES)},
         "class_names": list(CLASS_NAMES),
         "input_size": 224,
@@ -281,13 +373,27 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
         },
         "command": "python -m bagcams_deploy.scenes.train " + " ".join(sys.argv[1:] if argv is None else argv),
         "weights_format": "int8 per output channel (conv), float32 otherwise; see bagcams_deploy/demo_model.py",
+        "history_note": IMG_PER_S,
     }
-    (a.out_dir / DEMO_CONFIG).write_text(json.dumps(info, indent=2) + "\n")
-    if acc_packed < 90.0:
-        print(f"error: the packed model reached {acc_packed:.2f}% test accuracy, under the 90% a demo model "
-              "needs: train longer (--steps-low/--steps-high)", file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+
+
+def _replace_together(moves: list[tuple[Path, Path]]) -> None:
+    """``os.replace`` each (staged, final) pair with Ctrl-C held off, so the files change together.
+
+    An interrupt that arrives meanwhile is taken after the last rename (the run has finished by then)."""
+    held: list[int] = []
+    previous = None
+    with contextlib.suppress(ValueError):  # signal handlers can only be set from the main thread
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        for src, dst in moves:
+            os.replace(src, dst)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if held:
+        print("note: interrupt received while the files were renamed into place; they were all written",
+              file=sys.stderr)  # fmt: skip
 
 
 if __name__ == "__main__":

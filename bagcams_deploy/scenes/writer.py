@@ -11,7 +11,16 @@ Layout under ``root``::
     metadata_masks/<split>/...                 val/test: same ids/labels/sizes, and
     metadata_masks/<split>/localization.txt    <split>/<NNNNN>.png,<split>/<NNNNN>.png,<split>/ignore.png
     masks/<split>/ignore.png                   one all-zero png shared by every image of the split
-    classes.json                               class names, counts, seed, size
+    classes.json                               class names, counts, seed, size, complete
+
+Rewriting a folder: a run first writes ``classes.json`` with ``"complete": false`` (set true once every
+split is written), then deletes every split's metadata files and the files of it the writer names
+(``images/<split>/<digits>.png``, and for val/test ``masks/<split>/<digits>.png`` and ``ignore.png``);
+nothing else is touched. A split's metadata is written only after all its images and masks, each file
+complete or absent, ``image_ids.txt`` last, so an interrupted run leaves the split it was writing, and
+those after it, without metadata (``evaluate`` then stops at the missing metadata), never metadata
+that disagrees with the images. A split whose count is 0 (or that ``counts`` omits) has its old files
+removed the same way, so the folder holds exactly the splits ``classes.json`` counts.
 
 ``ignore_path`` points to one shared all-zero PNG: every pixel is exactly object or background (the mask
 is the rasterised shape), so there is no ignore region. It is not left empty because wsolevaluation's
@@ -27,7 +36,10 @@ classes so every split is balanced.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,6 +52,9 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 MASK_SPLITS: tuple[str, ...] = ("val", "test")
 IGNORE_NAME = "ignore.png"  # all-zero ignore mask per split (see module docstring)
 _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; PNG is lossless so the level does not change pixels
+MAX_SIZE = 4096  # the generator rasterises each object at 3x size while placing it: ~150 MB at 4096 px
+_METADATA_FILES = ("class_labels.txt", "image_sizes.txt", "localization.txt", "image_ids.txt")  # ids last
+_SCENE_PNG = re.compile(r"\d{5,}\.png")  # f"{i:05d}.png", the only image/mask names the writer uses
 
 
 def scene_seed(seed: int, split: str, index: int) -> int:
@@ -49,8 +64,59 @@ def scene_seed(seed: int, split: str, index: int) -> int:
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
+    _write_text(path, "".join(line + "\n" for line in lines))
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in lines))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _imwrite(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image, _PNG):
+        raise OSError(f"{path}: could not write the image")
+
+
+def _clear_split(root: Path, split: str) -> None:
+    """Delete what an earlier run wrote for ``split``: its metadata first, then its images and masks.
+
+    Only names the writer itself uses for that split are removed; other files stay, and so do the
+    folders they keep non-empty.
+    """
+    with_masks = split in MASK_SPLITS
+    meta_dirs = [root / m / split for m in (("metadata", "metadata_masks") if with_masks else ("metadata",))]
+    for d in meta_dirs:
+        for name in _METADATA_FILES[::-1]:  # image_ids.txt first: without it the split reads as absent
+            (d / name).unlink(missing_ok=True)
+    file_dirs = [root / k / split for k in (("images", "masks") if with_masks else ("images",))]
+    for d in file_dirs:
+        if not d.is_dir():
+            continue
+        for entry in os.scandir(d):
+            ours = _SCENE_PNG.fullmatch(entry.name) or (d.parent.name == "masks" and entry.name == IGNORE_NAME)
+            if ours and not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+    for d in meta_dirs + file_dirs:
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only when empty
+
+
+def _write_info(root: Path, counts: Mapping[str, int], seed: int, size: int, complete: bool) -> None:
+    info = {
+        "class_names": list(CLASS_NAMES),
+        "counts": {s: int(counts.get(s, 0)) for s in SPLITS},
+        "seed": seed,
+        "size": size,
+        "generator": "bagcams_deploy.scenes",
+        "complete": complete,
+    }
+    _write_text(root / "classes.json", json.dumps(info, indent=2) + "\n")
 
 
 def write_dataset(
@@ -60,12 +126,21 @@ def write_dataset(
     size: int = 224,
     progress: ProgressFn | None = None,
 ) -> Path:
-    """Generate and write the splits; ``progress(split, done, total)`` is called after each image."""
+    """Generate and write the splits; ``progress(split, done, total)`` is called after each image.
+
+    Splits with count 0, or missing from ``counts``, are removed from ``root`` (see the module docstring).
+    """
     counts = dict(counts) if counts is not None else {"train": 2000, "val": 200, "test": 500}
     unknown = set(counts) - set(SPLITS)
     if unknown:
         raise ValueError(f"unknown split(s) {sorted(unknown)}; use {SPLITS}")
+    if not 32 <= size <= MAX_SIZE:
+        raise ValueError(f"size must be in [32, {MAX_SIZE}], got {size}")
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_info(root, counts, seed, size, complete=False)
+    for split in SPLITS:  # all first: after an interruption, every split with metadata is this run's
+        _clear_split(root, split)
     n_cls = len(CLASS_NAMES)
     for split in SPLITS:
         n = int(counts.get(split, 0))
@@ -76,34 +151,26 @@ def write_dataset(
         ignore_rel = f"{split}/{IGNORE_NAME}"
         if with_masks:
             (root / "masks" / split).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(root / "masks" / ignore_rel), np.zeros((size, size), np.uint8), _PNG)
+            _imwrite(root / "masks" / ignore_rel, np.zeros((size, size), np.uint8))
         ids, labels, sizes, boxes, masks = [], [], [], [], []
         for i in range(n):
             sc = generate_scene(scene_seed(seed, split, i), size, label=i % n_cls)
             rel = f"{split}/{i:05d}.png"
-            cv2.imwrite(str(root / "images" / rel), cv2.cvtColor(sc.image, cv2.COLOR_RGB2BGR), _PNG)
+            _imwrite(root / "images" / rel, cv2.cvtColor(sc.image, cv2.COLOR_RGB2BGR))
             ids.append(rel)
             labels.append(f"{rel},{sc.label}")
             sizes.append(f"{rel},{size},{size}")
             boxes.append(f"{rel},{sc.box[0]},{sc.box[1]},{sc.box[2]},{sc.box[3]}")
             if with_masks:
-                cv2.imwrite(str(root / "masks" / rel), sc.mask.astype(np.uint8) * 255, _PNG)
+                _imwrite(root / "masks" / rel, sc.mask.astype(np.uint8) * 255)
                 masks.append(f"{rel},{rel},{ignore_rel}")
             if progress is not None:
                 progress(split, i + 1, n)
-        metas = ["metadata", "metadata_masks"] if with_masks else ["metadata"]
-        for meta in metas:
+        contents = {"image_ids.txt": ids, "class_labels.txt": labels, "image_sizes.txt": sizes}
+        for meta in ["metadata_masks", "metadata"] if with_masks else ["metadata"]:
             d = root / meta / split
-            _write_lines(d / "image_ids.txt", ids)
-            _write_lines(d / "class_labels.txt", labels)
-            _write_lines(d / "image_sizes.txt", sizes)
-            _write_lines(d / "localization.txt", masks if meta == "metadata_masks" else boxes)
-    info = {
-        "class_names": list(CLASS_NAMES),
-        "counts": {s: int(counts.get(s, 0)) for s in SPLITS},
-        "seed": seed,
-        "size": size,
-        "generator": "bagcams_deploy.scenes",
-    }
-    (root / "classes.json").write_text(json.dumps(info, indent=2) + "\n")
+            contents["localization.txt"] = masks if meta == "metadata_masks" else boxes
+            for name in _METADATA_FILES:  # image_ids.txt last: its presence means the rest is there
+                _write_lines(d / name, contents[name])
+    _write_info(root, counts, seed, size, complete=True)
     return root
