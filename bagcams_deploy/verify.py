@@ -97,15 +97,24 @@ class VerifyReport:
     nonpositive_scores: list[int]
     failures: list[str]
     map_source: str = "cam output"  # or the host aggregation, for graphs exported with --no-cam
+    #: which bars judged it: the precision preset, or what the caller says (the CLI names overrides)
+    bars: str = ""
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        """Standard JSON values only: a non-finite measure (it fails its bar anyway) becomes null."""
+        d = _finite(asdict(self))
         d["passed"] = self.passed
         return d
+
+    def checkpoint_mismatch(self) -> float | None:
+        """The worst logits/features relative L2 when it is far past any rounding (> 1e-2): then the
+        checkpoint is not the one the graph was made from, rather than a mask flip."""
+        worst = max(max(i.logits_rel_l2, i.features_rel_l2) for i in self.images)
+        return worst if not worst <= 1e-2 else None
 
     def worst(self) -> dict[str, float | int]:
         """The worst image on each measure (what accuracy tables report)."""
@@ -122,13 +131,24 @@ class VerifyReport:
         }
 
 
+def _finite(value: object) -> object:
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b||, the reference ``b`` setting the scale; where the reference is all zero and
+    ``a`` is not, 1.0 (all of ``a`` is error: a zero gradient normalises to a zero map, any noise to a
+    full-range one), so the measure stays finite and such a backend still fails."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    denom = np.linalg.norm(b64)
-    diff = np.linalg.norm(a64 - b64)
-    if denom == 0:
-        return 0.0 if diff == 0 else float("inf")
-    return float(diff / denom)
+    diff = float(np.linalg.norm(a64 - b64))
+    denom = float(np.linalg.norm(b64)) or float(np.linalg.norm(a64))
+    return 0.0 if diff == 0 else diff / denom
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -276,9 +296,11 @@ def verify_backend(
             f"checkpoint does not match {graph}: the model is {spec.architecture} with {spec.num_classes} classes, "
             f"the checkpoint {model.architecture} with {model.num_classes}"
         )
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0):
+        raise BagcamsError(f"seed must be a non-negative integer (or None for a fresh one), got {seed!r}")
     precision = judged_precision(backend)
     tol = tolerances or Tolerances.for_precision(precision)
-    seed = int.from_bytes(os.urandom(4), "little") if seed is None else seed
+    seed = int.from_bytes(os.urandom(4), "little") if seed is None else int(seed)
     size = spec.input_size or (224, 224)
     batches: list[tuple[np.ndarray, list[str]]] = []
     if num_random > 0:
@@ -341,4 +363,5 @@ def verify_backend(
         nonpositive_scores=nonpos if spec.method == "bagcams" else [],
         failures=failures,
         map_source=map_source,
+        bars=f"{precision} preset" if tolerances is None else "given by the caller",
     )

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bagcams_deploy.errors import BagcamsError
 from bagcams_deploy.export.analytic import AnalyticCAM
 from bagcams_deploy.methods.aggregation import gradient_map
 from bagcams_deploy.models import build_model, save_checkpoint
@@ -105,6 +106,19 @@ def test_verify_passes_and_writes_report(cli, checkpoints, exported, tmp_path):
     for key in ("map_pearson", "map_pixels_off", "map_iou", "box_iou", "gradients_rel_l2", "logits_rel_l2"):
         assert key in first
     assert rep["images"][3]["source"].endswith("x.png")
+    assert rep["bars"] == "fp32 preset" and "bars: fp32 preset: map Pearson >= 0.9995" in r.out
+    # the bars applied are named, preset and overrides alike, in the table and the report
+    r = cli("verify", exported, "--checkpoint", checkpoints["resnet18"], "--num-random", "1", "--bars", "fp16",
+            "--min-pearson", "0.999", "--report", report)  # fmt: skip
+    assert r.code == 0, r.err
+    assert json.loads(report.read_text())["bars"] == "fp16 preset (--bars), --min-pearson 0.999"
+    assert "bars: fp16 preset (--bars), --min-pearson 0.999: map Pearson >= 0.999," in r.out
+    # the report cannot be one of the images (it was only compared with the folder)
+    r = cli("verify", exported, "--checkpoint", checkpoints["resnet18"], "--num-random", "0", "--images", imgs,
+            "--report", imgs / "x.png")  # fmt: skip
+    assert_one_line_error(r, f"is the image {imgs / 'x.png'}; writing it would destroy the input")
+    r = cli("verify", exported, "--checkpoint", checkpoints["resnet18"], "--seed", "-1")
+    assert r.code == 2 and "--seed" in r.err and "Traceback" not in r.err  # Typer's usage error
 
 
 def test_fp64_reference_is_computed_in_float64(cli, checkpoints, exported, tmp_path):
@@ -122,6 +136,11 @@ def test_fp64_reference_is_computed_in_float64(cli, checkpoints, exported, tmp_p
     assert max(r.features_rel_l2 for r in f32.images) == 0.0
     assert 0.0 < min(r.features_rel_l2 for r in f64.images) <= max(r.features_rel_l2 for r in f64.images) < 1e-5
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is untouched
+    with (
+        create_backend("torch-analytic", graph=exported, model=model) as b,
+        pytest.raises(BagcamsError, match="seed must be a non-negative integer"),
+    ):
+        verify_backend(b, model, "m", num_random=1, seed=-1)
     report = tmp_path / "r.json"
     r = cli("verify", exported, "--checkpoint", checkpoints["resnet18"], "--num-random", "2", "--fp64-reference",
             "--report", report)  # fmt: skip
@@ -132,7 +151,9 @@ def test_fp64_reference_is_computed_in_float64(cli, checkpoints, exported, tmp_p
 def test_verify_detects_a_checkpoint_that_does_not_match(cli, exported, tmp_path):
     other = save_checkpoint(build_model("resnet18", 7, seed=99, randomize_batchnorm=True), tmp_path / "other.pth")
     r = cli("verify", exported, "--checkpoint", other, "--num-random", "2")
-    assert r.code == 1 and "FAIL" in r.err and "logits rel L2" in r.err and "--fp64-reference" in r.err
+    assert r.code == 1 and "FAIL" in r.err and "logits rel L2" in r.err
+    # far past rounding: the hint names the checkpoint, not float32 mask flips
+    assert f"is {other} the checkpoint {exported} was exported from?" in r.err and "--fp64-reference" not in r.err
     wrong_arch = save_checkpoint(build_model("resnet50", 7, seed=1), tmp_path / "r50.pth")
     assert_one_line_error(cli("verify", exported, "--checkpoint", wrong_arch), "does not match")
     wrong_classes = save_checkpoint(build_model("resnet18", 5, seed=1), tmp_path / "c5.pth")
@@ -254,3 +275,22 @@ def test_export_warns_that_pcs_in_half_precision_fails_verify(cli, checkpoints, 
     assert r.code == 0 and "warning: PCS in fp16" in r.err and (tmp_path / "p.onnx").is_file()
     r = cli("export", checkpoints["resnet18"], "-o", tmp_path / "b.onnx", "--precision", "fp16", "--input-size", "64")
     assert r.code == 0 and "warning" not in r.err
+
+
+def test_verify_measures_stay_finite_and_the_report_is_standard_json():
+    """A reference that is all zero used to give an infinite relative error and a report with
+    ``Infinity``, which strict JSON parsers refuse; it is 1.0 now (all of the backend's output is
+    error), and any non-finite measure is written as null."""
+    from bagcams_deploy.verify import Tolerances, VerifyReport, _rel_l2
+
+    zero = np.zeros(10)
+    assert _rel_l2(zero, zero) == 0.0 and _rel_l2(zero + 1e-9, zero) == 1.0
+    assert _rel_l2(np.array([1.0, 1.0]), np.array([1.0, 2.0])) == pytest.approx(1 / np.sqrt(5))
+    rep = VerifyReport("m", "b", "r", "bagcams", "layer3", "fp32", 0, Tolerances(), [], False, [],
+                       ["x"], bars="fp32 preset")  # fmt: skip
+    d = rep.to_dict()
+    d["tolerances"]["map_pearson"] = float("nan")
+    from bagcams_deploy.verify import _finite
+
+    assert _finite(d)["tolerances"]["map_pearson"] is None
+    json.dumps(_finite(d), allow_nan=False)

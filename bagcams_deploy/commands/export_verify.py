@@ -81,7 +81,7 @@ def verify(
     fp64_reference: bool = typer.Option(
         False, "--fp64-reference", help="reference in float64 (ground truth where float32 rounding flips a mask)"
     ),
-    seed: int = typer.Option(None, "--seed", help="fix the random images (default: fresh each run)"),
+    seed: int = typer.Option(None, "--seed", min=0, help="fix the random images (default: fresh each run)"),
     threads: int = typer.Option(None, "--threads", min=1),
     report: Path = typer.Option(None, "--report", help="write the JSON report here"),
     pearson: float = typer.Option(None, "--min-pearson", help="per-image map Pearson bar"),
@@ -102,7 +102,9 @@ def verify(
     from ..runtime.registry import GRAPH_BACKENDS, check_model_kind, default_backend
     from ..verify import Tolerances, check_checkpoint_matches, judged_precision, verify_backend
 
-    output_file(report, "--report", {"the model": model_path, "the checkpoint": checkpoint, "--images": images})
+    paths = expand_image_paths([images]) if images else None  # found (and checked) before anything runs
+    inputs = {"the model": model_path, "the checkpoint": checkpoint, **{f"the image {p}": p for p in paths or []}}
+    output_file(report, "--report", inputs)
     is_plan = str(model_path).lower().endswith(PLAN_SUFFIXES)
     name = backend or ("tensorrt" if is_plan else default_backend())
     if name == "torch-reference":
@@ -118,7 +120,9 @@ def verify(
         raise BagcamsError(f"unknown --bars {bars!r}; valid: {', '.join(BAR_PRESETS)}")
     b = create_backend(name, graph=model_path, model=model, threads=threads, exact=exact)
     # a TF32 engine of a float32 graph is judged by TF32 bars, a half-precision graph by half-precision ones
-    tol = Tolerances.for_precision(bars or judged_precision(b))
+    preset = bars or judged_precision(b)
+    tol = Tolerances.for_precision(preset)
+    overridden = []
     for name, flag, value, (lo, hi) in (("map_pearson", "--min-pearson", pearson, (-1, 1)),
                                         ("map_iou50", "--min-iou", iou50, (0, 1)),
                                         ("gradient_rel_l2", "--max-grad-rel", grad_rel, (0, float("inf"))),
@@ -127,18 +131,26 @@ def verify(
             if not lo <= value <= hi or value != value or value == float("inf"):
                 raise BagcamsError(f"{flag} must be a number in [{lo}, {hi}], got {value}")
             setattr(tol, name, value)
-    paths = expand_image_paths([images]) if images else None
+            overridden.append(f"{flag} {value:g}")
     with b:
         rep = verify_backend(b, model, str(model_path), paths, num_random, seed, tol, fp64_reference=fp64_reference)
+    rep.bars = f"{preset} preset" + (" (--bars)" if bars else "") + "".join(f", {o}" for o in overridden)
     _render(rep)
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(rep.to_dict(), indent=2))
+        report.write_text(json.dumps(rep.to_dict(), indent=2, allow_nan=False))
         typer.echo(f"report: {report}")
     if not rep.passed:
         for f in rep.failures[:10]:
             typer.echo(f"FAIL {f}", err=True)
-        if not fp64_reference:
+        mismatch = rep.checkpoint_mismatch()
+        if mismatch is not None:
+            typer.echo(
+                f"hint: logits/features differ by {mismatch:.2g} (relative L2), far past rounding: is "
+                f"{checkpoint} the checkpoint {model_path} was exported from?",
+                err=True,
+            )
+        elif not fp64_reference:
             typer.echo(
                 "hint: the float32 reference can itself be off where its rounding flips a ReLU mask "
                 "(GradCAM++/PCS, flat images); --fp64-reference judges against float64",
@@ -177,6 +189,13 @@ def _render(rep) -> None:
         f"worst map Pearson {min(r.map_pearson for r in rep.images):.6f}; "
         f"worst share of pixels off {max(r.map_pixels_off for r in rep.images):.3%}; "
         + ("PASS" if rep.passed else f"FAIL ({len(rep.failures)} problems)")
+    )
+    t = rep.tolerances
+    console.print(
+        f"bars: {rep.bars}: map Pearson >= {t.map_pearson:g}, pixels off by > {t.map_pixel_delta:g} <= "
+        f"{t.map_pixels_off:.0%}, IoU@.5 >= {t.map_iou50:g}, box IoU >= {t.box_iou:g}, gradients <= "
+        f"{t.gradient_rel_l2:g}, logits <= {t.logits_rel_l2:g}, features <= {t.features_rel_l2:g} (relative L2)",
+        highlight=False,
     )
     if rep.map_source != "cam output":
         console.print(f"note: maps from the {rep.map_source}")
