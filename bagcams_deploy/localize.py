@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -12,6 +12,7 @@ import numpy as np
 from .checks import NonFiniteOutputError, name_non_finite
 from .errors import BagcamsError
 from .evaluation.boxes import object_boxes
+from .images import check_images
 from .outputs import check_distinct_stems, output_dir
 from .preprocessing import load_image, preprocess
 from .runtime.base import Backend, score_maps
@@ -19,6 +20,7 @@ from .visualize import render_overlay, resize_map, save_png
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
+    """Probabilities of one logit vector (the value ``localize`` and ``cam`` overlays print)."""
     e = np.exp(z - z.max())
     return e / e.sum()
 
@@ -36,8 +38,19 @@ BOX_FORMAT = "x0,y0,x1,y1: inclusive pixel edges in the original image"
 
 
 def output_names(path: Path) -> tuple[str, str]:
-    """The map and overlay file names ``localize`` writes for one image."""
+    """The map and overlay file names ``localize`` (and ``cam``) write for one image."""
     return f"{path.stem}.npy", f"{path.stem}_overlay.png"
+
+
+def refuse_inputs_among_outputs(paths: Sequence[Path], out: Path, extra: Sequence[str] = ()) -> None:
+    """Refuse a run into ``out`` whose per-image outputs (:func:`output_names`, plus ``extra`` file
+    names) include one of its inputs: writing would destroy that input, and with ``--out`` the image
+    folder each rerun would read the previous run's overlays as images. Shared by ``localize`` and ``cam``."""
+    planned = {(out / n).resolve() for p in paths for n in output_names(Path(p))}
+    planned |= {(out / n).resolve() for n in extra}
+    for p in paths:
+        if Path(p).resolve() in planned:
+            raise BagcamsError(f"{p} would be overwritten by an output of this run; write to another folder")
 
 
 def _is_output_name(name: object) -> bool:
@@ -70,15 +83,11 @@ def _check_outputs(paths: list[Path], out: Path) -> set[Path]:
     """Refuse a run that would overwrite one of its inputs or read an earlier run's outputs as images;
     return the earlier run's files (removed once this run succeeds, so the folder holds one run)."""
     earlier = earlier_outputs(out)
-    planned = {out / n for p in paths for n in output_names(p)} | {out / "boxes.json"}
     earlier_real = {q.resolve() for q in earlier}
-    planned_real = {q.resolve() for q in planned}
     for p in paths:
-        real = p.resolve()
-        if real in earlier_real:
+        if p.resolve() in earlier_real:
             raise BagcamsError(f"{p} is an output of an earlier localize run in {out}; write to another folder")
-        if real in planned_real:
-            raise BagcamsError(f"{p} would be overwritten by an output of this run; write to another folder")
+    refuse_inputs_among_outputs(paths, out, ("boxes.json",))
     return earlier
 
 
@@ -110,6 +119,7 @@ def localize_images(
     check_distinct_stems(paths)
     output_dir(out, "output folder")
     earlier = _check_outputs(paths, out)
+    check_images(paths)  # an unreadable image fails now, not after earlier batches were written
     spec = backend.spec
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []

@@ -62,13 +62,22 @@ def load_images(paths: Sequence[str | Path], size: tuple[int, int] = (DEFAULT_SI
     return preprocess([load_image(p) for p in paths], size)
 
 
+def _is_image_name(name: str) -> bool:
+    """A visible file with an image suffix (what a folder contributes)."""
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
 def expand_image_paths(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files and folders (their image files, sorted) -> a list of image paths; refuses an empty result."""
+    """Files and folders (their image files, sorted) -> a list of image paths; refuses an empty result.
+
+    A folder's hidden files (``.name``: macOS ``._a.jpg`` AppleDouble files, editors' temporaries) are
+    skipped: they carry image suffixes without being images and would abort the run. A hidden file
+    named on its own is read like any other."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file()))
+            out.extend(sorted(q for q in p.iterdir() if _is_image_name(q.name) and q.is_file()))
         elif p.exists():
             out.append(p)
         else:

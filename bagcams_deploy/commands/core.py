@@ -26,21 +26,41 @@ def info(
         False, "--small-feature-map", help="checkpoint trained without the large feature map (e.g. OpenImages)"
     ),
 ) -> None:
-    """Architecture, classes, target layers and parameter count of a checkpoint."""
+    """Architecture, classes (and their first names), target layers and parameter count of a checkpoint."""
     from ..models import load_model
 
-    d = load_model(checkpoint, arch, num_classes, large_feature_map=False if small_feature_map else None).describe()
+    model = load_model(checkpoint, arch, num_classes, large_feature_map=False if small_feature_map else None)
+    _print_load_notes(model)
+    d = model.describe()
     if json_out:
         typer.echo(json.dumps(d.to_dict(), indent=2))
         return
     typer.echo(f"checkpoint:        {checkpoint}")
     typer.echo(f"architecture:      {d.architecture} (large_feature_map={d.large_feature_map})")
     typer.echo(f"classes:           {d.num_classes}")
+    typer.echo(f"class names:       {_first_names(d.class_names)}")
     typer.echo(f"feature channels:  {d.feature_channels}")
     typer.echo(f"parameters:        {d.parameter_count:,}")
     layers = ", ".join(f"{n} ({d.layer_channels.get(n, '?')}ch)" for n in d.target_layers)
     typer.echo(f"target layers:     {layers}")
     typer.echo(f"default target:    {d.default_target_layer}")
+
+
+SHOWN_CLASS_NAMES = 5
+
+
+def _first_names(names: tuple[str, ...] | None, limit: int = SHOWN_CLASS_NAMES) -> str:
+    """The first few class names on one line (a 1000-class list would bury the rest of ``info``)."""
+    if not names:
+        return "none (outputs say 'class N')"
+    more = f", ... (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _print_load_notes(model: object) -> None:
+    """What loading the checkpoint ignored (e.g. class names of the wrong count), as ``note:`` lines."""
+    for note in getattr(model, "load_notes", ()):
+        typer.echo(f"note: {note}", err=True)
 
 
 def cam(
@@ -58,11 +78,14 @@ def cam(
         False, "--small-feature-map", help="checkpoint trained without the large feature map (e.g. OpenImages)"
     ),
 ) -> None:
-    """PyTorch-reference maps for image files: an overlay PNG and the raw map (.npy) per image."""
+    """PyTorch-reference maps for image files: per image an overlay PNG (class and probability) and the
+    normalised map (.npy) at --input-size."""
     from ..outputs import check_distinct_stems, output_dir
 
     output_dir(out, "--out")
     from ..checks import NonFiniteOutputError, name_non_finite
+    from ..images import check_images
+    from ..localize import output_names, refuse_inputs_among_outputs, softmax
     from ..models import load_model
     from ..preprocessing import expand_image_paths, load_image, preprocess
     from ..progress import progress_bar
@@ -71,10 +94,13 @@ def cam(
 
     if method not in METHODS:
         raise BagcamsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    model = load_model(checkpoint, arch, num_classes, large_feature_map=False if small_feature_map else None)
-    model.check_layer_for(method, target_layer)
     paths = expand_image_paths(images)
     check_distinct_stems(paths)
+    refuse_inputs_among_outputs(paths, out)  # the rule localize follows: no input is overwritten or re-read
+    check_images(paths)  # headers only: an unreadable image fails before the first file is written
+    model = load_model(checkpoint, arch, num_classes, large_feature_map=False if small_feature_map else None)
+    _print_load_notes(model)
+    model.check_layer_for(method, target_layer)
     out.mkdir(parents=True, exist_ok=True)
     flagged = []
     with progress_bar(len(paths), f"{method} maps") as advance:
@@ -90,10 +116,11 @@ def cam(
             for i, (p, rgb) in enumerate(zip(chunk, rgbs, strict=True)):
                 m = r.maps[i, 0].numpy()
                 c = int(r.class_ids[i])
-                np.save(out / f"{p.stem}.npy", m.astype(np.float32))
+                map_name, overlay_name = output_names(p)
+                np.save(out / map_name, m.astype(np.float32))
                 name = model.class_names[c] if model.class_names else f"class {c}"
-                label = f"{name} ({float(r.scores[i]):.2f})"
-                save_png(out / f"{p.stem}_overlay.png", render_overlay(rgb, m, label=label))
+                prob = float(softmax(r.logits[i].detach().cpu().numpy())[c])  # localize's label: name and probability
+                save_png(out / overlay_name, render_overlay(rgb, m, label=f"{name} {prob:.2f}"))
                 if method == "bagcams" and float(r.scores[i]) <= 0:
                     flagged.append(p.name)
             advance(len(chunk))

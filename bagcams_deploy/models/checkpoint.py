@@ -174,9 +174,14 @@ def model_from_state_dicts(
     lfm = large_feature_map if large_feature_map is not None else bool(meta.get("large_feature_map", True))
     names = meta.get("class_names")
     class_names = tuple(str(n) for n in names) if isinstance(names, list | tuple) and len(names) == classes else None
+    notes: list[str] = []
+    if isinstance(names, list | tuple) and class_names is None:  # still loads: names are a label, not the model
+        count = f"{len(names)} class names for {classes} classes"
+        notes.append(f"{source}: {META_KEY} has {count}; ignored (outputs say 'class N')")
     model = WSOLModel(arch, classes, lfm, class_names=class_names)
     load_state_strict(model.extractor, extractor_sd, f"{source}: extractor ({arch})")
     load_state_strict(model.classifier, classifier_sd, f"{source}: classifier")
+    model.load_notes = tuple(notes)  # what loading ignored, for a caller (the CLI) to report as note: lines
     return model.eval()
 
 
@@ -189,7 +194,9 @@ def load_model(
     """Load a checkpoint (DA-WSOL dict or plain state dict) into an eval-mode :class:`WSOLModel`.
 
     Architecture and number of classes are inferred from the tensors unless given. Loading is strict:
-    any missing, unexpected or mis-shaped tensor is an error naming it.
+    any missing, unexpected or mis-shaped tensor is an error naming it. Optional metadata that cannot
+    be used (class names whose count is not the class count) is dropped, and ``model.load_notes``
+    says so in one line each.
     """
     path = Path(path)
     extractor_sd, classifier_sd, meta = split_state_dicts(_read(path), path)
