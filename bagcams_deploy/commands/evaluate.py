@@ -221,6 +221,7 @@ def localize(
     ),
 ) -> None:
     """Maps, boxes and pictures: per image an overlay PNG and the map (.npy); one boxes.json."""
+    from ..images import check_images
     from ..localize import localize_images
     from ..outputs import output_dir
     from ..preprocessing import expand_image_paths
@@ -234,6 +235,7 @@ def localize(
     if not 0 <= threshold <= 1:
         raise BagcamsError(f"--threshold must be in [0, 1], got {threshold}")
     paths = expand_image_paths(inputs)
+    check_images(paths)  # before the model loads (localize_images checks again, for library callers)
     b = open_model(model, backend, None, method, target_layer, threads,
                    large_feature_map=False if small_feature_map else None)  # fmt: skip
     with b, progress_bar(len(paths), "localizing") as advance:
