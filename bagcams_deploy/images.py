@@ -74,10 +74,15 @@ def load_image(path: str | Path, min_side: int = MIN_IMAGE_SIDE) -> np.ndarray:
 
 def check_images(paths: Sequence[str | Path], min_side: int = MIN_IMAGE_SIDE) -> None:
     """Refuse unreadable or too small images before a run writes anything: reads each file's header
-    only (format, size, mode), not its pixels, so a folder is checked in moments; damage inside the
-    pixel data of a file with a sound header still shows only when :func:`load_image` decodes it."""
+    only (format, size, mode), not its pixels, so a folder is checked in moments (float images are
+    decoded, to refuse NaN pixels); damage inside the pixel data of a file with a sound header still
+    shows only when :func:`load_image` decodes it."""
     for p in paths:
         path = Path(p)
         with _opened(path) as im:
             w, h = im.size
+            if im.mode == "F":  # float images (rare, scientific) are decoded: NaN/Inf pixels are refused
+                im.load()
+                if not np.isfinite(np.asarray(im)).all():
+                    raise BagcamsError(f"cannot read image {path}: float pixels include NaN or Inf")
         _check_side(path, w, h, min_side)

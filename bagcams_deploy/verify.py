@@ -111,10 +111,16 @@ class VerifyReport:
         return d
 
     def checkpoint_mismatch(self) -> float | None:
-        """The worst logits/features relative L2 when it is far past any rounding (> 1e-2): then the
-        checkpoint is not the one the graph was made from, rather than a mask flip."""
-        worst = max(max(i.logits_rel_l2, i.features_rel_l2) for i in self.images)
-        return worst if not worst <= 1e-2 else None
+        """The worst finite logits/features relative L2 when it is far past any rounding (> 1e-2): then
+        the checkpoint is not the one the graph was made from, rather than a mask flip. Non-finite
+        values are :meth:`non_finite_outputs`, not a mismatch."""
+        finite = [v for i in self.images for v in (i.logits_rel_l2, i.features_rel_l2) if np.isfinite(v)]
+        worst = max(finite, default=0.0)
+        return worst if worst > 1e-2 else None
+
+    def non_finite_outputs(self) -> bool:
+        """Whether some logits/features comparison is NaN or infinite (e.g. half-precision overflow)."""
+        return any(not np.isfinite(v) for i in self.images for v in (i.logits_rel_l2, i.features_rel_l2))
 
     def worst(self) -> dict[str, float | int]:
         """The worst image on each measure (what accuracy tables report)."""

@@ -521,7 +521,11 @@ def test_data_set_and_training_scripts_check_options_before_work(tmp_path, capsy
     for argv, message in [(["--out-dir", str(tmp_path / "m"), "--num-test", "0"], "--num-test must be >= 1"),
                           (["--out-dir", str(a_file)], "is a file, not a folder"),
                           (["--out-dir", str(tmp_path / "m"), "--steps-low", "0", "--steps-high", "0"],
-                           "trains nothing")]:  # fmt: skip
+                           "trains nothing"),
+                          (["--out-dir", str(tmp_path / "m"), "--float-checkpoint",
+                            str(tmp_path / "m" / "scenes_resnet18.npz")], "is the packed weights"),
+                          (["--out-dir", str(tmp_path / "m"), "--float-checkpoint",
+                            str(tmp_path / "m" / "scenes_resnet18.json")], "is the record")]:  # fmt: skip
         assert train_main(argv) == 1
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):  # the shipped model is only replaced when asked for by name

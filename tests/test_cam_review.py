@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bagcams_deploy.errors import BagcamsError
 from bagcams_deploy.images import check_images, load_image
 from bagcams_deploy.localize import softmax
 from bagcams_deploy.models import load_model, save_checkpoint
@@ -80,6 +81,12 @@ def test_check_images_reads_headers_only(tmp_path):
     check_images([good])
     with pytest.raises(Exception, match="image not found"):
         check_images([tmp_path / "missing.png"])
+    # a sound header with its pixels cut off passes the header check and fails only when decoded
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:120])
+    check_images([cut])
+    with pytest.raises(BagcamsError, match=r"cannot read image .*cut\.png"):
+        load_image(cut)
 
 
 def test_hidden_files_in_folders_are_skipped(cli, checkpoints, tmp_path):
@@ -248,9 +255,11 @@ def test_float_tiff_is_scaled_by_its_maximum(tmp_path):
 def test_float_tiff_with_nan_is_refused_in_one_line(cli, checkpoints, tmp_path):
     arr = np.full((16, 16), 0.5, np.float32)
     arr[3, 3] = np.nan
-    Image.fromarray(arr).save(tmp_path / "nan.tif")
-    assert_one_line_error(
-        cli("cam", checkpoints["resnet18"], tmp_path / "nan.tif", "--out", tmp_path / "o", "--input-size", "64"),
-        "nan.tif",
-        "NaN or Inf",
-    )
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    write_image(folder / "a.png", size=(40, 30))
+    Image.fromarray(arr).save(folder / "z.tif")  # after a.png: refused before a.png's outputs are written
+    out = tmp_path / "o"
+    r = cli("cam", checkpoints["resnet18"], folder, "--out", out, "--input-size", "64", "--batch-size", "1")
+    assert_one_line_error(r, "z.tif", "NaN or Inf")
+    assert not out.exists() or not any(out.iterdir())

@@ -286,11 +286,24 @@ def test_verify_measures_stay_finite_and_the_report_is_standard_json():
     zero = np.zeros(10)
     assert _rel_l2(zero, zero) == 0.0 and _rel_l2(zero + 1e-9, zero) == 1.0
     assert _rel_l2(np.array([1.0, 1.0]), np.array([1.0, 2.0])) == pytest.approx(1 / np.sqrt(5))
-    rep = VerifyReport("m", "b", "r", "bagcams", "layer3", "fp32", 0, Tolerances(), [], False, [],
-                       ["x"], bars="fp32 preset")  # fmt: skip
-    d = rep.to_dict()
-    d["tolerances"]["map_pearson"] = float("nan")
-    from bagcams_deploy.verify import _finite
+    rep = VerifyReport("m", "b", "r", "bagcams", "layer3", "fp32", 0, Tolerances(map_pearson=float("nan")), [],
+                       False, [], ["x"], bars="fp32 preset")  # fmt: skip
+    d = rep.to_dict()  # a NaN measure (it fails its bar anyway) is written as null
+    assert d["tolerances"]["map_pearson"] is None and d["passed"] is False
+    json.dumps(d, allow_nan=False)
+    assert rep.checkpoint_mismatch() is None and not rep.non_finite_outputs()  # no images: no verdict
 
-    assert _finite(d)["tolerances"]["map_pearson"] is None
-    json.dumps(_finite(d), allow_nan=False)
+
+@pytest.mark.parametrize(
+    ("values", "mismatch", "non_finite"),
+    [([1e-6, 2e-6], None, False), ([1e-6, 0.5], 0.5, False), ([1e-6, float("nan")], None, True),
+     ([float("nan"), 1e-6], None, True), ([float("inf"), 0.3], 0.3, True)],
+)  # fmt: skip
+def test_the_failure_hint_reads_finite_values_in_any_order(values, mismatch, non_finite):
+    """NaN used to decide the checkpoint hint by image order; non-finite outputs get their own hint."""
+    from bagcams_deploy.verify import ImageReport, Tolerances, VerifyReport
+
+    images = [ImageReport(k, "x", 0, 1.0, True, v, 1e-7, None, None, 0.0, 1.0, 0.0, {}, 1.0, True)
+              for k, v in enumerate(values)]  # fmt: skip
+    rep = VerifyReport("m", "b", "r", "bagcams", "layer3", "fp32", 0, Tolerances(), images, False, [], ["x"])
+    assert rep.checkpoint_mismatch() == mismatch and rep.non_finite_outputs() is non_finite

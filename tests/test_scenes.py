@@ -180,6 +180,33 @@ def test_rewrite_with_fewer_or_no_images_leaves_no_stale_split_and_keeps_user_fi
     assert not list(root.rglob("*.tmp"))
 
 
+def test_the_writer_deletes_only_its_own_names_and_only_in_its_own_folders(tmp_path) -> None:
+    """Clearing a split once matched any digit-named PNG (a user's 000001.png or 20230101.png), in any
+    folder, and followed a symlinked split folder out of the root."""
+    root = tmp_path / "ds"
+    write_dataset(root, {"train": 2, "val": 1, "test": 1}, seed=1, size=48)
+    user = ["000001.png", "20230101.png", "1234.png", "099999.png"]  # not f"{i:05d}" names
+    for name in user:
+        (root / "images" / "train" / name).write_bytes(b"mine")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("00000.png", "00001.png"):
+        (elsewhere / name).write_bytes(b"not yours")
+    (root / "images" / "val").rename(tmp_path / "old_val")
+    (root / "images" / "val").symlink_to(elsewhere, target_is_directory=True)
+    write_dataset(root, {"train": 0, "val": 0, "test": 1}, seed=2, size=48)
+    assert sorted(p.name for p in (root / "images" / "train").iterdir()) == sorted(user)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["00000.png", "00001.png"]
+    # a non-empty folder the writer did not make is refused, and left as it was
+    theirs = tmp_path / "theirs"
+    (theirs / "images" / "test").mkdir(parents=True)
+    (theirs / "images" / "test" / "00000.png").write_bytes(b"a real data set")
+    with pytest.raises(ValueError, match=r"not empty and was not written by bagcams_deploy\.scenes"):
+        write_dataset(theirs, {"test": 1}, seed=0, size=48)
+    assert (theirs / "images" / "test" / "00000.png").read_bytes() == b"a real data set"
+    assert not (theirs / "classes.json").exists()
+
+
 def test_interrupted_rewrite_leaves_no_split_whose_metadata_disagrees_with_its_images(
     tmp_path, monkeypatch, capsys
 ) -> None:

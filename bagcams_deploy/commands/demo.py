@@ -112,7 +112,10 @@ def demo(
 
     console.rule("2/6  generated test scenes (seeded, the split the model was tested on)")
     data = out / "scenes"
-    write_dataset(data, {"train": 0, "val": 0, "test": num_test}, seed=DEMO_DATA_SEED)
+    try:
+        write_dataset(data, {"train": 0, "val": 0, "test": num_test}, seed=DEMO_DATA_SEED)
+    except ValueError as exc:  # e.g. --out/scenes holds files the scene writer did not make
+        raise BagcamsError(str(exc)) from None
     from ..evaluation import load_metadata
 
     test_meta = load_metadata(data / "metadata" / "test")
@@ -142,7 +145,7 @@ def demo(
     shown = scenes[:num_localize]
     with create_backend(cpu, graph=graph, threads=threads) as b:
         recs = localize_images(b, shown, out / "localize", threshold=0.5)
-    right = sum(r["class_id"] == labels[str(Path(r["image"]).relative_to(data / "images"))] for r in recs)
+    right = sum(r["class_id"] == labels[Path(r["image"]).relative_to(data / "images").as_posix()] for r in recs)
     console.print(f"{len(recs)} overlays with boxes in {out / 'localize'}; {right}/{len(recs)} classified right")
 
     console.rule("5/6  evaluate CAM, GradCAM, GradCAM++, PCS and BagCAMs on the test split")

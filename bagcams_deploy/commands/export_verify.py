@@ -144,7 +144,13 @@ def verify(
         for f in rep.failures[:10]:
             typer.echo(f"FAIL {f}", err=True)
         mismatch = rep.checkpoint_mismatch()
-        if mismatch is not None:
+        if rep.non_finite_outputs():
+            typer.echo(
+                "hint: some logits/features comparisons are not finite (NaN or Inf): the backend overflowed, "
+                "e.g. a half-precision graph outside its range; try the fp32 graph",
+                err=True,
+            )
+        elif mismatch is not None:
             typer.echo(
                 f"hint: logits/features differ by {mismatch:.2g} (relative L2), far past rounding: is "
                 f"{checkpoint} the checkpoint {model_path} was exported from?",
@@ -196,6 +202,7 @@ def _render(rep) -> None:
         f"{t.map_pixels_off:.0%}, IoU@.5 >= {t.map_iou50:g}, box IoU >= {t.box_iou:g}, gradients <= "
         f"{t.gradient_rel_l2:g}, logits <= {t.logits_rel_l2:g}, features <= {t.features_rel_l2:g} (relative L2)",
         highlight=False,
+        soft_wrap=True,
     )
     if rep.map_source != "cam output":
         console.print(f"note: maps from the {rep.map_source}")

@@ -256,7 +256,15 @@ def _check_options(a: argparse.Namespace) -> None:
         raise BagcamsError("--steps-low 0 --steps-high 0 trains nothing")
     output_dir(a.out_dir, "--out-dir")
     if a.float_checkpoint is not None:
-        output_file(a.float_checkpoint, "--float-checkpoint")
+        from ..demo_model import DEMO_CONFIG, DEMO_WEIGHTS
+
+        fixed = {"the packed weights": a.out_dir / DEMO_WEIGHTS, "the record": a.out_dir / DEMO_CONFIG}
+        for what, path in fixed.items():  # the same file twice would overwrite one output with the other
+            if Path(a.float_checkpoint).absolute() == path.absolute():
+                raise BagcamsError(
+                    f"--float-checkpoint {a.float_checkpoint} is {what} --out-dir gets; name another file"
+                )
+        output_file(a.float_checkpoint, "--float-checkpoint", fixed)
     _check_memory(a.num_train, a.num_val, a.num_test)
 
 
@@ -320,7 +328,7 @@ def _run(a: argparse.Namespace, argv: list[str] | None) -> int:
     final = {"weights": a.out_dir / DEMO_WEIGHTS, "config": a.out_dir / DEMO_CONFIG}
     if a.float_checkpoint:
         final["float"] = a.float_checkpoint
-    staged = {k: p.with_name(f".{p.name}.{os.getpid()}.staged") for k, p in final.items()}
+    staged = {k: p.with_name(f".{p.name}.{k}.{os.getpid()}.staged") for k, p in final.items()}
     try:
         weights = save_packed(model, staged["weights"])
         packed = load_packed(weights, class_names=CLASS_NAMES)

@@ -13,14 +13,18 @@ Layout under ``root``::
     masks/<split>/ignore.png                   one all-zero png shared by every image of the split
     classes.json                               class names, counts, seed, size, complete
 
-Rewriting a folder: a run first writes ``classes.json`` with ``"complete": false`` (set true once every
-split is written), then deletes every split's metadata files and the files of it the writer names
-(``images/<split>/<digits>.png``, and for val/test ``masks/<split>/<digits>.png`` and ``ignore.png``);
-nothing else is touched. A split's metadata is written only after all its images and masks, each file
-complete or absent, ``image_ids.txt`` last, so an interrupted run leaves the split it was writing, and
-those after it, without metadata (``evaluate`` then stops at the missing metadata), never metadata
-that disagrees with the images. A split whose count is 0 (or that ``counts`` omits) has its old files
-removed the same way, so the folder holds exactly the splits ``classes.json`` counts.
+Rewriting a folder: only a folder this writer made (its ``classes.json`` names the generator) or an
+empty one is written; any other non-empty folder is refused. A run first writes ``classes.json`` with
+``"complete": false`` (set true once every split is written), then deletes every split's metadata files
+and the files an earlier run of it wrote (``images/<split>/NNNNN.png`` below the split count its
+``classes.json`` recorded, and for val/test the same in ``masks/<split>/`` and ``ignore.png``); nothing
+else is touched, and nothing a symlinked folder leads to outside the root. (While a run is incomplete,
+``classes.json`` records the larger of the earlier and the new counts, so a rerun after an interruption
+still finds every file to remove.) A split's metadata is written only after all its images and masks,
+each file complete or absent, ``image_ids.txt`` last, so an interrupted run leaves the split it was
+writing, and those after it, without metadata (``evaluate`` then stops at the missing metadata), never
+metadata that disagrees with the images. A split whose count is 0 (or that ``counts`` omits) has its old
+files removed the same way, so the folder holds exactly the splits ``classes.json`` counts.
 
 ``ignore_path`` points to one shared all-zero PNG: every pixel is exactly object or background (the mask
 is the rasterised shape), so there is no ignore region. It is not left empty because wsolevaluation's
@@ -39,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -54,7 +57,7 @@ IGNORE_NAME = "ignore.png"  # all-zero ignore mask per split (see module docstri
 _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]  # fast; PNG is lossless so the level does not change pixels
 MAX_SIZE = 4096  # the generator rasterises each object at 3x size while placing it: ~150 MB at 4096 px
 _METADATA_FILES = ("class_labels.txt", "image_sizes.txt", "localization.txt", "image_ids.txt")  # ids last
-_SCENE_PNG = re.compile(r"\d{5,}\.png")  # f"{i:05d}.png", the only image/mask names the writer uses
+GENERATOR = "bagcams_deploy.scenes"  # classes.json's mark of a folder this writer made
 
 
 def scene_seed(seed: int, split: str, index: int) -> int:
@@ -83,25 +86,54 @@ def _imwrite(path: Path, image: np.ndarray) -> None:
         raise OSError(f"{path}: could not write the image")
 
 
-def _clear_split(root: Path, split: str) -> None:
+def _earlier_counts(root: Path) -> dict[str, int]:
+    """The split sizes an earlier run of this writer recorded in ``root`` (none for a new or empty
+    folder). Any other non-empty folder is refused: clearing splits there could delete a user's data
+    set. A folder is ours when its ``classes.json`` says so."""
+    if not root.is_dir() or not any(root.iterdir()):
+        return {}
+    try:
+        info = json.loads((root / "classes.json").read_text())
+        if info.get("generator") == GENERATOR:
+            return {s: int(n) for s, n in info.get("counts", {}).items() if s in SPLITS}
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    raise ValueError(
+        f"{root} is not empty and was not written by {GENERATOR} (no classes.json of it): give a new or empty folder"
+    )
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` really lies under ``root`` (a symlinked folder can lead elsewhere)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):
+        return False
+
+
+def _clear_split(root: Path, split: str, earlier: int) -> None:
     """Delete what an earlier run wrote for ``split``: its metadata first, then its images and masks.
 
-    Only names the writer itself uses for that split are removed; other files stay, and so do the
-    folders they keep non-empty.
+    Only names an earlier run wrote for that split (``f"{i:05d}.png"`` for ``i`` below its recorded
+    count, ``ignore.png`` in masks, the four metadata files) are removed, in a folder
+    :func:`_earlier_counts` accepted, and never through a link leading out of ``root``; other files
+    stay, and so do the folders they keep non-empty.
     """
     with_masks = split in MASK_SPLITS
     meta_dirs = [root / m / split for m in (("metadata", "metadata_masks") if with_masks else ("metadata",))]
     for d in meta_dirs:
         for name in _METADATA_FILES[::-1]:  # image_ids.txt first: without it the split reads as absent
-            (d / name).unlink(missing_ok=True)
+            if _inside(d / name, root):
+                (d / name).unlink(missing_ok=True)
     file_dirs = [root / k / split for k in (("images", "masks") if with_masks else ("images",))]
     for d in file_dirs:
-        if not d.is_dir():
+        if not d.is_dir() or not _inside(d, root):
             continue
-        for entry in os.scandir(d):
-            ours = _SCENE_PNG.fullmatch(entry.name) or (d.parent.name == "masks" and entry.name == IGNORE_NAME)
-            if ours and not entry.is_dir(follow_symlinks=False):
-                os.unlink(entry.path)
+        names = [f"{i:05d}.png" for i in range(earlier)] + ([IGNORE_NAME] if d.parent.name == "masks" else [])
+        for name in names:
+            path = d / name
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
     for d in meta_dirs + file_dirs:
         with contextlib.suppress(OSError):
             d.rmdir()  # only when empty
@@ -113,7 +145,7 @@ def _write_info(root: Path, counts: Mapping[str, int], seed: int, size: int, com
         "counts": {s: int(counts.get(s, 0)) for s in SPLITS},
         "seed": seed,
         "size": size,
-        "generator": "bagcams_deploy.scenes",
+        "generator": GENERATOR,
         "complete": complete,
     }
     _write_text(root / "classes.json", json.dumps(info, indent=2) + "\n")
@@ -137,10 +169,12 @@ def write_dataset(
     if not 32 <= size <= MAX_SIZE:
         raise ValueError(f"size must be in [32, {MAX_SIZE}], got {size}")
     root = Path(root)
+    earlier = _earlier_counts(root)
     root.mkdir(parents=True, exist_ok=True)
-    _write_info(root, counts, seed, size, complete=False)
+    # the larger of the two counts: an interrupted earlier run may have written up to its own count
+    _write_info(root, {s: max(int(counts.get(s, 0)), earlier.get(s, 0)) for s in SPLITS}, seed, size, complete=False)
     for split in SPLITS:  # all first: after an interruption, every split with metadata is this run's
-        _clear_split(root, split)
+        _clear_split(root, split, earlier.get(split, 0))
     n_cls = len(CLASS_NAMES)
     for split in SPLITS:
         n = int(counts.get(split, 0))
