@@ -79,7 +79,7 @@ def test_localize_bad_image_late_in_a_folder_fails_before_any_output(cli, checkp
 def test_check_images_reads_headers_only(tmp_path):
     good = write_image(tmp_path / "a.png", size=(40, 30))
     check_images([good])
-    with pytest.raises(Exception, match="image not found"):
+    with pytest.raises(BagcamsError, match="image not found"):
         check_images([tmp_path / "missing.png"])
     # a sound header with its pixels cut off passes the header check and fails only when decoded
     cut = tmp_path / "cut.png"

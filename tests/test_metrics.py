@@ -332,3 +332,13 @@ def test_reports_and_plots(tmp_path):
     mask_metrics = mev.compute()
     assert "| PxAP | 100.00 | - |" in markdown_table(mask_metrics)
     assert plot_metrics(mask_metrics, tmp_path / "pr.png").stat().st_size > 1000
+
+
+def test_an_iou_exactly_at_the_cut_counts_as_correct():
+    """wsolevaluation counts IoU >= delta; with integer boxes an IoU of exactly 0.5 is common."""
+    m = np.zeros((224, 224), np.float32)
+    m[0:10, 0:10] = 1.0  # wsolevaluation's box of this blob: (0, 0, 10, 10), 11 x 11 = 121 pixels
+    ev = BoxEvaluator(interval=0.01, multi_contour=True)
+    ev.accumulate(m, np.array([[0, 0, 10, 21]]), pred_correct=True)  # 11 x 22 = 242: IoU 121/242 = 0.5
+    metrics = ev.compute()
+    assert metrics.gt_known_loc[50] == 100.0 and metrics.gt_known_loc[70] == 0.0

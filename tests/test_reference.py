@@ -243,3 +243,15 @@ def test_bad_requests_are_clear(models):
         compute_cams(m, torch.randn(3, 64, 64))
     with pytest.raises(BagcamsError, match="NaN"):
         compute_cams(m, torch.full((1, 3, 64, 64), float("nan")))
+
+
+def test_a_map_with_any_non_finite_value_becomes_zeros_and_others_are_untouched():
+    from bagcams_deploy.methods.aggregation import normalize_minmax
+
+    maps = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    maps[0, 0, 3, 3] = float("nan")
+    maps[1, 0, 0, 0] = float("inf")
+    out = normalize_minmax(maps)
+    assert (out[:2] == 0).all()
+    expected = (maps[2] - maps[2].min()) / (maps[2].max() - maps[2].min())
+    torch.testing.assert_close(out[2], expected)
