@@ -342,3 +342,15 @@ def test_an_iou_exactly_at_the_cut_counts_as_correct():
     ev.accumulate(m, np.array([[0, 0, 10, 21]]), pred_correct=True)  # 11 x 22 = 242: IoU 121/242 = 0.5
     metrics = ev.compute()
     assert metrics.gt_known_loc[50] == 100.0 and metrics.gt_known_loc[70] == 0.0
+
+
+def test_threshold_levels_truncate_like_int():
+    """``int(t * max)`` truncates: 0.5 * 255 = 127.5 is level 127, so a pixel of 128 is foreground."""
+    from bagcams_deploy.evaluation.boxes import threshold_levels
+
+    image = np.array([[255, 128], [127, 0]], np.uint8)
+    assert threshold_levels(image, [0.5, 0.9, 0.999]).tolist() == [127, 229, 254]
+    m = np.zeros((224, 224), np.float32)
+    m[0:5, 0:5] = 1.0
+    m[100:110, 100:110] = 128 / 255 + 1e-6  # 8-bit 128: above level 127 only because 127.5 truncates
+    assert boxes_from_scoremap(m, 0.5, multi_contour=True).tolist() == [[100, 100, 110, 110], [0, 0, 5, 5]]
