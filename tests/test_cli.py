@@ -307,3 +307,43 @@ def test_the_failure_hint_reads_finite_values_in_any_order(values, mismatch, non
               for k, v in enumerate(values)]  # fmt: skip
     rep = VerifyReport("m", "b", "r", "bagcams", "layer3", "fp32", 0, Tolerances(), images, False, [], ["x"])
     assert rep.checkpoint_mismatch() == mismatch and rep.non_finite_outputs() is non_finite
+
+
+def test_each_verify_bar_fails_on_its_own_measure():
+    """Each bar is checked on synthetic outputs with every other bar open, so none can be dropped or
+    loosened unnoticed; the pixels-off share is exact."""
+    import dataclasses
+
+    from bagcams_deploy.verify import Tolerances, compare_outputs
+
+    yy, xx = np.mgrid[0:32, 0:32]
+    blob = np.exp(-((yy - 10.0) ** 2 + (xx - 10.0) ** 2) / 20.0).astype(np.float32)
+    rng = np.random.default_rng(4)
+    ref = {"logits": rng.normal(size=(1, 5)).astype(np.float32), "class_id_used": np.array([2]),
+           "features": rng.random((1, 4, 6, 6), dtype=np.float32),
+           "gradients": rng.normal(size=(1, 4, 6, 6)).astype(np.float32), "cam": blob[None, None]}  # fmt: skip
+    inf = float("inf")
+    open_bars = Tolerances(map_pearson=-1.0, map_pixels_off=1.0, map_iou50=0.0, box_iou=0.0, gradient_rel_l2=inf,
+                           logits_rel_l2=inf, features_rel_l2=inf)  # fmt: skip
+    moved = dict(ref, cam=np.roll(blob, (14, 14), axis=(0, 1))[None, None])
+    cases = [
+        ("map_pearson", moved, "map Pearson"),
+        ("map_iou50", moved, "map IoU@0.5"),
+        ("box_iou", moved, "box IoU"),
+        ("map_pixels_off", moved, "of map pixels off"),
+        ("gradient_rel_l2", dict(ref, gradients=ref["gradients"] * 1.1), "gradients rel L2"),
+        ("logits_rel_l2", dict(ref, logits=ref["logits"] * 1.1), "logits rel L2"),
+        ("features_rel_l2", dict(ref, features=ref["features"] * 1.1), "features rel L2"),
+    ]
+    for field_name, got, message in cases:
+        tol = dataclasses.replace(open_bars, **{field_name: getattr(Tolerances(), field_name)})
+        (rep,), _ = compare_outputs(ref, got, tol, ["x"])
+        assert len(rep.failures) == 1 and message in rep.failures[0], (field_name, rep.failures)
+        (rep,), _ = compare_outputs(ref, got, open_bars, ["x"])
+        assert rep.failures == [], field_name
+    (rep,), _ = compare_outputs(ref, dict(ref, class_id_used=np.array([3])), open_bars, ["x"])
+    assert rep.failures == ["class_id_used 3 != 2"]
+    noisy = blob.copy()
+    noisy[:4, :8] += 0.02  # 32 of 1024 pixels off by more than 0.01
+    (rep,), _ = compare_outputs(ref, dict(ref, cam=noisy[None, None]), open_bars, ["x"])
+    assert rep.map_pixels_off == 32 / 1024
