@@ -354,3 +354,26 @@ def test_threshold_levels_truncate_like_int():
     m[0:5, 0:5] = 1.0
     m[100:110, 100:110] = 128 / 255 + 1e-6  # 8-bit 128: above level 127 only because 127.5 truncates
     assert boxes_from_scoremap(m, 0.5, multi_contour=True).tolist() == [[100, 100, 110, 110], [0, 0, 5, 5]]
+
+
+def test_otsu_threshold_separates_a_bimodal_map():
+    from bagcams_deploy.localize import otsu_threshold
+
+    m = np.full((60, 80), 0.6, np.float32)
+    m[10:30, 20:50] = 1.0
+    t = otsu_threshold(m)
+    assert 0.6 <= t < 1.0  # between the two modes (a fixed 0.5 would take the whole image)
+    from bagcams_deploy.evaluation import object_boxes
+
+    assert object_boxes(m, t) == [[20, 10, 49, 29]]
+
+
+def test_maps_of_other_sizes_are_resized_bilinearly_to_224_before_scoring():
+    """wsolevaluation resizes score maps with cv2.resize (bilinear) to 224 x 224."""
+    from bagcams_deploy.evaluation.runner import to_eval_size
+
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (48, 1))
+    out = to_eval_size(ramp)
+    assert out.shape == (224, 224)
+    np.testing.assert_array_equal(out, cv2.resize(ramp, (224, 224), interpolation=cv2.INTER_LINEAR))
+    assert len(np.unique(out[0])) > 64  # interpolated, not repeated (nearest)
