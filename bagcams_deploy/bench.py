@@ -13,7 +13,6 @@ only with rows that also run on the CPU in float32, the others get no ratio and 
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing as mp
 import os
 import platform
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BagcamsError
+from .outputs import json_safe
 
 FLOOR = "ort-forward-only"
 FLOOR_DEVICE, FLOOR_PRECISION = "cpu", "fp32"
@@ -488,19 +488,8 @@ def ratios(rows: list[dict]) -> dict:
     return out
 
 
-def _json_safe(value: object) -> object:
-    """NaN and infinities as null: ``json.dumps`` would write ``NaN``, which is not JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def save_report(report: dict, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False))
+    path.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False))
     return path

@@ -13,7 +13,6 @@ The training recipe, data seed and measured accuracies live beside it in ``scene
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from torch import Tensor
 from .errors import BagcamsError
 from .models import WSOLModel
 from .models.checkpoint import save_checkpoint
+from .outputs import write_atomically
 
 DEMO_ARCHITECTURE = "resnet18"
 DEMO_INPUT_SIZE = 224
@@ -89,16 +89,8 @@ def save_packed(model: WSOLModel, path: str | Path) -> Path:
     state = {f"extractor.{k}": v for k, v in model.extractor.state_dict().items()}
     state.update({f"classifier.{k}": v for k, v in model.classifier.state_dict().items()})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name without it
-            np.savez_compressed(f, **pack_state(state))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with write_atomically(path) as f:  # a file object: np.savez would append ".npz" to a name without it
+        np.savez_compressed(f, **pack_state(state))
     return path
 
 

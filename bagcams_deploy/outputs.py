@@ -3,8 +3,12 @@ at its last step on a path that could not have worked."""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import BagcamsError
 
@@ -71,3 +75,33 @@ def check_distinct_stems(paths: list[Path]) -> None:
                 f"{other} and {p} would both write {p.stem}.npy and {p.stem}_overlay.png: "
                 "rename one, or run them into different --out folders"
             )
+
+
+def json_safe(value: object) -> object:
+    """NaN and infinities as null, through dicts, lists and tuples: ``json.dumps`` would write ``NaN``,
+    which is not JSON, into a report (a non-finite measure fails its check anyway)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+@contextmanager
+def write_atomically(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` only once written in full (a temporary file beside it,
+    flushed to disk, then renamed), so an interruption or a full disk leaves the previous file (or
+    none), never a truncated one; the temporary file is removed either way."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

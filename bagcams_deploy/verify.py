@@ -18,6 +18,7 @@ import numpy as np
 from .errors import BagcamsError
 from .export.contract import GraphInfo, read_graph_info
 from .models.wsol import WSOLModel
+from .outputs import json_safe
 from .preprocessing import load_image, preprocess
 from .runtime.base import Backend, score_maps
 from .runtime.torch_backends import TorchReferenceBackend
@@ -106,7 +107,7 @@ class VerifyReport:
 
     def to_dict(self) -> dict:
         """Standard JSON values only: a non-finite measure (it fails its bar anyway) becomes null."""
-        d = _finite(asdict(self))
+        d = json_safe(asdict(self))
         d["passed"] = self.passed
         return d
 
@@ -135,16 +136,6 @@ class VerifyReport:
             "boxes_changed": sum(not i.boxes_equal for i in imgs),
             "worst_box_iou": min(i.box_iou for i in imgs),
         }
-
-
-def _finite(value: object) -> object:
-    if isinstance(value, float):
-        return value if np.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import BagcamsError, require
 from ..export.contract import GraphInfo, class_names_of, read_graph_info
-from ..outputs import output_file
+from ..outputs import output_file, write_atomically
 from .base import file_sha256
 from .registry import PLAN_SUFFIXES
 
@@ -290,10 +290,8 @@ def build_engine(
         raise BagcamsError(f"TensorRT failed to build an engine from {onnx_path} (see the messages above)")
     seconds = time.perf_counter() - t0
 
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan_path.with_name(plan_path.name + ".tmp")
-    tmp.write_bytes(memoryview(serialized))
-    tmp.replace(plan_path)
+    with write_atomically(plan_path) as f:
+        f.write(memoryview(serialized))
     graph = {k: v for k, v in asdict(info).items() if k != "path"}
     graph["input_size"] = [h, w]
     graph["dynamic_size"] = info.input_size is None  # rebuild_command gives --input-size again

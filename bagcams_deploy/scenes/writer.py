@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..outputs import write_atomically
 from .generator import CLASS_NAMES, ProgressFn, generate_scene
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -71,14 +71,9 @@ def _write_lines(path: Path, lines: list[str]) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``text`` to ``path`` whole or not at all."""
+    with write_atomically(path) as f:
+        f.write(text.encode())
 
 
 def _imwrite(path: Path, image: np.ndarray) -> None:
