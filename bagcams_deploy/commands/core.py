@@ -30,7 +30,7 @@ def info(
     from ..models import load_model
 
     model = load_model(checkpoint, arch, num_classes, large_feature_map=False if small_feature_map else None)
-    _print_load_notes(model)
+    print_load_notes(model)
     d = model.describe()
     if json_out:
         typer.echo(json.dumps(d.to_dict(), indent=2))
@@ -57,10 +57,14 @@ def _first_names(names: tuple[str, ...] | None, limit: int = SHOWN_CLASS_NAMES) 
     return ", ".join(names[:limit]) + more
 
 
-def _print_load_notes(model: object) -> None:
-    """What loading the checkpoint ignored (e.g. class names of the wrong count), as ``note:`` lines."""
-    for note in getattr(model, "load_notes", ()):
+def print_load_notes(*loaded: object) -> list[str]:
+    """What loading a checkpoint ignored (e.g. class names of the wrong count), as ``note:`` lines on
+    stderr, each once: ``loaded`` are models or backends (both carry ``load_notes``), and one file
+    opened twice (``evaluate --model CKPT --checkpoint CKPT``) is noted once. Returns the notes."""
+    notes = list(dict.fromkeys(n for item in loaded for n in getattr(item, "load_notes", ())))
+    for note in notes:
         typer.echo(f"note: {note}", err=True)
+    return notes
 
 
 def cam(
@@ -99,7 +103,7 @@ def cam(
     refuse_inputs_among_outputs(paths, out)  # the rule localize follows: no input is overwritten or re-read
     check_images(paths)  # headers only: an unreadable image fails before the first file is written
     model = load_model(checkpoint, arch, num_classes, large_feature_map=False if small_feature_map else None)
-    _print_load_notes(model)
+    print_load_notes(model)
     model.check_layer_for(method, target_layer)
     out.mkdir(parents=True, exist_ok=True)
     flagged = []

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..errors import BagcamsError
 from ..methods.names import METHODS
+from .core import print_load_notes
 
 
 def register(app: typer.Typer) -> None:
@@ -131,33 +132,35 @@ def evaluate(
 
     n = min(limit, len(meta.image_ids)) if limit else len(meta.image_ids)
     results = {}
+    b = None
+    extra = []
+    ref_scorer = None
+    if maps is None:  # opened before the progress bar: their notes would be drawn into it
+        if data_root is None:
+            raise BagcamsError("--data-root is needed to read the images")
+        lfm = False if small_feature_map else None
+        b = open_model(model, backend, checkpoint, method, target_layer, threads, large_feature_map=lfm)
+        if compare_reference:
+            if checkpoint is None:
+                raise BagcamsError("--compare-reference needs --checkpoint")
+            from ..models import load_model
+            from ..runtime.torch_backends import TorchReferenceBackend
+
+            spec = b.spec
+            if model.suffix.lower() in (".onnx", *PLAN_SUFFIXES):
+                ref_model = load_checkpoint_for(checkpoint, read_model_info(model))
+            else:
+                ref_model = load_model(checkpoint, spec.architecture, large_feature_map=lfm)
+            ref = TorchReferenceBackend(ref_model, spec.method, spec.target_layer,
+                                        input_size=spec.input_size, published_autograd=False)  # fmt: skip
+            ref_scorer = scorer()
+            extra = [(ref, ref_scorer)]
+        notes += print_load_notes(b, *(e for e, _ in extra))  # before the run, and in the report
     with progress_bar(n, "evaluating") as advance:
-        if maps is not None:
+        if b is None:
             preds = read_predictions(predictions) if predictions else None
             results[str(maps)] = evaluate_maps(maps, scorer(), preds, on_image=advance, limit=limit)
         else:
-            if data_root is None:
-                raise BagcamsError("--data-root is needed to read the images")
-            lfm = False if small_feature_map else None
-            b = open_model(model, backend, checkpoint, method, target_layer, threads, large_feature_map=lfm)
-            extra = []
-            ref_scorer = None
-            if compare_reference:
-                if checkpoint is None:
-                    raise BagcamsError("--compare-reference needs --checkpoint")
-                from ..models import load_model
-                from ..runtime.torch_backends import TorchReferenceBackend
-
-                spec = b.spec
-                if model.suffix.lower() in (".onnx", *PLAN_SUFFIXES):
-                    ref_model = load_checkpoint_for(checkpoint, read_model_info(model))
-                else:
-                    lfm = False if small_feature_map else None
-                    ref_model = load_model(checkpoint, spec.architecture, large_feature_map=lfm)
-                ref = TorchReferenceBackend(ref_model, spec.method, spec.target_layer,
-                                            input_size=spec.input_size, published_autograd=False)  # fmt: skip
-                ref_scorer = scorer()
-                extra = [(ref, ref_scorer)]
             with b:
                 main_scorer = scorer()
                 res = evaluate_backend(b, main_scorer, data_root, batch_size, save_maps, limit, advance, extra)
@@ -238,6 +241,7 @@ def localize(
     check_images(paths)  # before the model loads (localize_images checks again, for library callers)
     b = open_model(model, backend, None, method, target_layer, threads,
                    large_feature_map=False if small_feature_map else None)  # fmt: skip
+    print_load_notes(b)
     with b, progress_bar(len(paths), "localizing") as advance:
         records = localize_images(
             b, paths, out, None if auto else threshold, multi_contour, class_id, batch_size, advance

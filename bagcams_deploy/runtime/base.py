@@ -83,6 +83,13 @@ class Backend(ABC):
     @abstractmethod
     def spec(self) -> BackendSpec: ...
 
+    @property
+    def load_notes(self) -> tuple[str, ...]:
+        """What loading the model ignored, one line each (e.g. a checkpoint's class names of the wrong
+        count), for a caller to show as ``info`` does: only a checkpoint carries such optional metadata,
+        so graph and plan backends have none."""
+        return ()
+
     def infer(self, images: np.ndarray, class_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Validate inputs, run, return ``{output name: array}`` (the ONNX contract's names)."""
         images, ids = self.check_inputs(images, class_ids)

@@ -48,6 +48,12 @@ class _TorchBackend(Backend):
     def spec(self) -> BackendSpec:
         return self._spec
 
+    @property
+    def load_notes(self) -> tuple[str, ...]:
+        """The model's own (:func:`~bagcams_deploy.models.load_model` sets them; a model built in code
+        has none), so a checkpoint opened by ``open_model`` reports what its loading ignored."""
+        return tuple(getattr(self.model, "load_notes", ()))
+
     def activate_impl(self) -> None:
         self.model.to(self.device)
 
