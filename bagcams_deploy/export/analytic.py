@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import BagcamsError
 from ..methods.aggregation import GRADIENT_METHODS, cam_raw, gradient_map, upsample_normalize
-from ..models.wsol import WSOLModel
+from ..models.wsol import WSOLModel, require_wsol_model
 from ..reference.cams import check_method
 from .contract import GRAPH_PRECISIONS
 from .rules import rule_for
@@ -56,7 +56,12 @@ class AnalyticCAM(nn.Module):
         check_method(method)
         if precision not in PRECISIONS:
             raise BagcamsError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-        model.eval()
+        require_wsol_model(model).check_layer_for(method, target_layer)
+        # A snapshot, in eval mode and float32 (the contract's type; a half model widens exactly): the
+        # caller's model keeps its training flags, device and BatchNorm statistics whatever happens to
+        # it or to this module later (``.train()`` on a shared module would run BatchNorm on batch
+        # statistics and overwrite its running ones). The torch-analytic backend rebuilds on weight changes.
+        model = copy.deepcopy(model).float().eval()
         if method == "cam":
             layer = model.spec.target_layers[-1]
         else:
@@ -69,8 +74,6 @@ class AnalyticCAM(nn.Module):
         self.gradient_scale = float(gradient_scale)
         self.precision = precision
         self.compute_dtype = PRECISIONS[precision]
-        if precision != "fp32":
-            model = copy.deepcopy(model)  # the user's model stays float32
         self.architecture, self.num_classes = model.architecture, model.num_classes
         self.prefix = nn.ModuleList([model.stage(n) for n in names[:cut]])
         guided = method == "bagcams"
@@ -96,7 +99,7 @@ class AnalyticCAM(nn.Module):
         return names if self.with_cam else names[:-1]
 
     def forward(self, image: Tensor, class_id: Tensor) -> tuple[Tensor, ...]:
-        x = image if self.compute_dtype == torch.float32 else image.to(self.compute_dtype)
+        x = image if image.dtype == self.compute_dtype else image.to(self.compute_dtype)
         for stage in self.prefix:
             x = stage(x)
         features = x
@@ -153,9 +156,19 @@ class AnalyticCAM(nn.Module):
     @torch.no_grad()
     def run(self, image: Tensor, class_id: Tensor | None = None) -> dict[str, Tensor]:
         """Named outputs for a batch (``class_id`` None = argmax for every image)."""
+        n = image.shape[0]
+        device = self.fc_weight.device  # the snapshot's, which may not be the caller's tensors'
+        image = image.to(device)
         if class_id is None:
-            class_id = torch.full((image.shape[0],), -1, dtype=torch.int64)
-        return dict(zip(self.output_names, self(image, class_id), strict=True))
+            class_id = torch.full((n,), -1, dtype=torch.int64)
+        class_id = torch.as_tensor(class_id, device=device)
+        if class_id.shape != (n,) or class_id.is_floating_point() or class_id.dtype == torch.bool:
+            raise BagcamsError(
+                f"class_id must be {n} integers (shape [{n}]), got {class_id.dtype} {tuple(class_id.shape)}"
+            )
+        if (class_id >= self.num_classes).any():
+            raise BagcamsError(f"class id {int(class_id.max())} out of range: the model has {self.num_classes} classes")
+        return dict(zip(self.output_names, self(image, class_id.to(torch.int64)), strict=True))
 
 
 # Half precision: largest finite 65504; keep the largest backward value near 2^10 for headroom.

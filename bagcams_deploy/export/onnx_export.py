@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import time
 import warnings
@@ -13,7 +14,7 @@ import torch
 
 from .. import __version__
 from ..errors import BagcamsError
-from ..models.wsol import WSOLModel
+from ..models.wsol import WSOLModel, require_wsol_model
 from ..preprocessing import MEAN, STD
 from ..reference.cams import check_images
 from .analytic import AnalyticCAM, calibrate_gradient_scale
@@ -140,10 +141,7 @@ def export_onnx(
 
     from ..outputs import output_file
 
-    if not isinstance(model, WSOLModel):
-        raise BagcamsError(
-            f"model must be a WSOLModel (see bagcams_deploy.models.load_model), got {type(model).__name__}"
-        )
+    require_wsol_model(model)
     output_file(Path(output), "output")
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int | np.integer)):
         raise BagcamsError(f"opset must be an integer, got {opset!r}")
@@ -169,20 +167,24 @@ def export_onnx(
         if precision != "fp32" and method != "cam":
             from ..verify import random_images
 
-            calib = (
-                check_images(model, calibration_images)
-                if calibration_images is not None
-                else torch.from_numpy(random_images(8, size, 0))
-            )
+            if calibration_images is not None:
+                calib = check_images(model, calibration_images)
+                if not dynamic_size and tuple(calib.shape[2:]) != size:
+                    raise BagcamsError(
+                        f"calibration images are {calib.shape[2]}x{calib.shape[3]}, the graph's input is "
+                        f"{size[0]}x{size[1]}: the gradient scale depends on the map size, so calibrate at it"
+                    )
+            else:
+                calib = torch.from_numpy(random_images(8, size, 0))
             gradient_scale = calibrate_gradient_scale(model, method, target_layer, calib)
     net = AnalyticCAM(
         model, method, target_layer, with_cam=with_cam, gradient_scale=gradient_scale, precision=precision
-    )
+    ).cpu()  # traced on the CPU wherever the model lives
     gen = torch.Generator().manual_seed(0)
     example = (torch.randn(1, 3, *size, generator=gen), torch.full((1,), -1, dtype=torch.int64))
     with torch.no_grad():
         # Output shapes from the float32 twin: half-precision convolutions are slow on PyTorch's CPU.
-        twin = net if precision == "fp32" else AnalyticCAM(model, method, target_layer, with_cam=with_cam)
+        twin = net if precision == "fp32" else AnalyticCAM(model, method, target_layer, with_cam=with_cam).cpu()
         shapes = [tuple(v.shape) for v in twin(*example)]
         net.static_shapes = not dynamic_size
         try:
@@ -248,7 +250,7 @@ def export_forward_onnx(model: WSOLModel, output: str | Path, input_size: tuple[
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _Forward(model.eval()), example, buf, dynamo=False, opset_version=DEFAULT_OPSET,
+            _Forward(copy.deepcopy(model).float().eval()), example, buf, dynamo=False, opset_version=DEFAULT_OPSET,
             input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
         )  # fmt: skip
     path = Path(output)

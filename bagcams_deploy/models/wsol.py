@@ -196,6 +196,16 @@ class WSOLModel(nn.Module):
         )
 
 
+def require_wsol_model(model: object) -> WSOLModel:
+    """``model`` itself, or a clear error: our rules, layer names and metadata exist for WSOLModel only
+    (a plain torchvision network would fail deep inside with an AttributeError)."""
+    if not isinstance(model, WSOLModel):
+        raise BagcamsError(
+            f"model must be a WSOLModel (see bagcams_deploy.models.load_model), got {type(model).__name__}"
+        )
+    return model
+
+
 def build_model(
     architecture: str,
     num_classes: int,

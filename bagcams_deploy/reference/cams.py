@@ -119,8 +119,8 @@ def check_images(model: WSOLModel, images: Tensor) -> Tensor:
         raise BagcamsError(f"images must be a float tensor [N, 3, H, W], got {shape}")
     if not images.is_floating_point():
         raise BagcamsError(f"images must be normalised floating point (see preprocess), got {images.dtype}")
-    model_dtype = next(model.parameters()).dtype  # float32, or float64 for the exactness tests
-    images = images.to(model_dtype)
+    param = next(model.parameters())  # float32, or float64 for the exactness tests
+    images = images.to(device=param.device, dtype=param.dtype)
     if images.shape[0] == 0:
         raise BagcamsError("no images given (batch of size 0)")
     side = min(images.shape[2:])
@@ -166,12 +166,12 @@ def compute_cams(
     runs ``backward()`` as the published code does (slower; used to benchmark that baseline).
     """
     check_method(method)
+    model.check_layer_for(method, target_layer)
     images = check_images(model, images)
-    model.eval()
     size = (int(images.shape[2]), int(images.shape[3]))
     if method == "cam":
         layer = model.spec.target_layers[-1]
-        with torch.no_grad():
+        with _model_lock(model), _evaluating(model), torch.no_grad():
             features, logits = model.features_and_logits(images, layer)
             ids = resolve_class_ids(logits, class_ids)
             fc = model.classifier.fc
@@ -183,7 +183,7 @@ def compute_cams(
 
     layer = model.check_target_layer(target_layer or model.spec.default_target_layer)
     assert method in GRADIENT_METHODS
-    with _model_lock(model):
+    with _model_lock(model), _evaluating(model):
         logits, ids, features, gradients = _gradient_pass(model, images, method, layer, class_ids, published_autograd)
     if check_finite:  # a backend checks after its timed region instead
         check_finite_outputs("torch-reference", {"logits": logits, "features": features, "gradients": gradients})
@@ -202,14 +202,20 @@ def _gradient_pass(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(logits, class ids, features, gradients of the method's objective at ``layer``), detached."""
     params = list(model.parameters())
-    previous = [p.requires_grad for p in params]
+    previous = [(p.requires_grad, p.grad) for p in params]  # the caller's, given back afterwards
     for p in params:
         p.requires_grad_(published_autograd)
     try:
-        with torch.enable_grad(), guided_relu_modules(model, enabled=(method == "bagcams")):
+        # Autograd also inside a caller's torch.inference_mode() (serving code): inference tensors are
+        # cloned into ordinary ones, which is all that mode forbids here.
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            guided_relu_modules(model, enabled=(method == "bagcams")),
+        ):
             # The input requires grad so that the target layer is in the graph even with frozen
             # parameters; autograd.grad then stops at the target layer.
-            x = images.detach().requires_grad_(True)
+            x = (images.clone() if images.is_inference() else images.detach()).requires_grad_(True)
             features, logits = model.features_and_logits(x, layer)
             ids = resolve_class_ids(logits.detach(), class_ids)
             scores = logits.gather(1, ids[:, None])[:, 0]
@@ -223,6 +229,21 @@ def _gradient_pass(
             else:
                 (gradients,) = torch.autograd.grad(objective, features)
     finally:
-        for p, flag in zip(params, previous, strict=True):
+        for p, (flag, grad) in zip(params, previous, strict=True):
             p.requires_grad_(flag)
+            p.grad = grad  # a training loop's accumulated gradients survive a published_autograd pass
     return logits.detach(), ids, features.detach(), gradients.detach()
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode for one pass, then the caller's own flags back: maps are defined in eval mode
+    (BatchNorm on running statistics, no dropout), and a training loop that logs maps every N steps
+    must go on training afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training

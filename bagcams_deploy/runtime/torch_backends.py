@@ -29,9 +29,9 @@ class _TorchBackend(Backend):
         device: str = "cpu",
     ):
         super().__init__()
-        self.model = model.eval()
+        self.model = model  # its training flags stay the caller's: every pass runs in eval mode
         self.device = torch_device(device)
-        probe = AnalyticCAM(model, method, target_layer)  # validates method and layer once
+        probe = AnalyticCAM(model, method, target_layer)  # validates model, method and layer once
         self._spec = BackendSpec(
             method=probe.method,
             target_layer=probe.target_layer,
@@ -55,6 +55,7 @@ class _TorchBackend(Backend):
         return tuple(getattr(self.model, "load_notes", ()))
 
     def activate_impl(self) -> None:
+        """Autograd runs on the model itself, so it is moved to ``device`` (in place, as ``.to`` does)."""
         self.model.to(self.device)
 
     @property
@@ -95,7 +96,8 @@ class TorchReferenceBackend(_TorchBackend):
             out = {"logits": r.logits, "class_id_used": r.class_ids, "features": r.features, "cam": r.maps}
             if r.gradients is not None:
                 out["gradients"] = r.gradients
-            result = {k: v.cpu().numpy() for k, v in out.items()}
+            # float32 as the contract says, also for a half or double model (ids stay int64)
+            result = {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in out.items()}
             self._sync()
         self.last_inference_time = t.seconds
         return result
@@ -134,7 +136,8 @@ class TorchAnalyticBackend(_TorchBackend):
         )
 
     def activate_impl(self) -> None:
-        super().activate_impl()
+        # No super(): the analytic module is a float32 snapshot moved to the device by itself, so the
+        # caller's model stays where and as it is.
         self._weights_seen = self._weights_state()
         self.net = AnalyticCAM(self.model, self.spec.method, self.spec.target_layer).to(self.device)
 
