@@ -43,7 +43,13 @@ def main() -> int:
             for precision in ("fp32", "fp16"):
                 graph = Path(tmp) / f"{arch}_{precision}.onnx"
                 t0 = time.perf_counter()
-                r = export_onnx(model, graph, method=args.method, target_layer=layer, precision=precision)
+                r = export_onnx(
+                    model,
+                    graph,
+                    method=args.method,
+                    target_layer=None if args.method == "cam" else layer,
+                    precision=precision,
+                )
                 export_s = time.perf_counter() - t0
                 for prec, exact in variants:
                     if prec != precision:

@@ -29,7 +29,8 @@ def graphs(module_tmp) -> dict[str, Path]:
     out = {}
     for method in ("bagcams", "cam"):
         out[method] = root / f"{method}.onnx"
-        export_onnx(model, out[method], method=method, target_layer="layer3", input_size=SIZE)
+        layer = None if method == "cam" else "layer3"
+        export_onnx(model, out[method], method=method, target_layer=layer, input_size=SIZE)
     return out
 
 

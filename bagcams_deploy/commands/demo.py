@@ -47,7 +47,8 @@ def run_demo_evaluation(
     rows: dict[str, dict] = {}
     for method in methods:
         graph = out / f"model_{method}.onnx"
-        export_onnx(model, graph, method=method, target_layer=target_layer)
+        layer = None if method == "cam" else target_layer  # CAM has one layer: the classifier's input
+        export_onnx(model, graph, method=method, target_layer=layer)
         scorer = Scorer(meta, mask_meta, data_root / "masks", cam_interval)
         with (
             create_backend(backend, graph=graph, threads=threads) as b,
