@@ -192,6 +192,22 @@ def _child(job: dict, queue: mp.Queue) -> None:
         queue.put({"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"})
 
 
+#: Exit code of a spawned child that found itself re-running the caller's unguarded script.
+UNGUARDED_SCRIPT_EXIT = 97
+UNGUARDED_SCRIPT = (
+    "run_benchmark runs each backend in a spawned process, which re-runs the calling script: call it "
+    'under `if __name__ == "__main__":` (the multiprocessing main-module rule)'
+)
+
+
+def _refuse_from_spawned_bootstrap() -> None:
+    """Where run_benchmark is called at a script's top level, each spawned child re-runs the script
+    and would call it again, dying in multiprocessing's bootstrap with a page of traceback. Such a
+    child exits at once with a code of its own instead, which the parent turns into one line."""
+    if getattr(mp.current_process(), "_inheriting", False):  # set while spawn re-imports __main__
+        raise SystemExit(UNGUARDED_SCRIPT_EXIT)
+
+
 def _run_isolated(job: dict, timeout: float) -> dict:
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()
@@ -205,6 +221,8 @@ def _run_isolated(job: dict, timeout: float) -> dict:
             break
         except Exception:
             if not proc.is_alive():
+                if proc.exitcode == UNGUARDED_SCRIPT_EXIT:
+                    raise BagcamsError(UNGUARDED_SCRIPT) from None
                 raise BagcamsError(f"{what}: the benchmark process died (exit code {proc.exitcode})") from None
             if time.monotonic() > deadline:
                 proc.kill()
@@ -328,11 +346,18 @@ def _input_size(info, input_size: int | tuple[int, int] | None, model_path: str)
     return size, source
 
 
+def _count(value: object, name: str, least: int) -> int:
+    """A whole number >= ``least`` (warmup, iters), refused before minutes of runs rather than after."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+        raise BagcamsError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
+
+
 def run_benchmark(
     model_path: str,
     checkpoint: str | None,
-    backends: list[str],
-    batch_sizes: list[int],
+    backends: str | list[str],
+    batch_sizes: int | list[int],
     warmup: int = 3,
     iters: int = 20,
     threads: int | None = None,
@@ -348,14 +373,34 @@ def run_benchmark(
 
     Everything that can be checked is checked before the first run; a failure during the runs raises
     :class:`BenchmarkIncomplete` carrying the rows measured so far. ``threads`` None leaves each runtime
-    its default (ONNX Runtime, torch and OpenVINO all take the physical cores), which the report says."""
+    its default (ONNX Runtime, torch and OpenVINO all take the physical cores), which the report says.
+    ``backends`` may be one name and ``batch_sizes`` one int.
+
+    Each run is a spawned process, which re-imports the calling script: a script must call this
+    under ``if __name__ == "__main__":`` (else it is refused with one line saying so)."""
+    _refuse_from_spawned_bootstrap()
     from .export.onnx_export import export_forward_onnx
-    from .runtime.registry import _checked_threads
+    from .runtime.registry import ALL_BACKENDS, _checked_threads
 
     note = on_note or (lambda text: None)
-    batch_sizes = list(dict.fromkeys(batch_sizes))  # a size twice would run twice and mix up the ratios
-    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+    if isinstance(backends, str):  # one name, not a sequence of one-letter names
+        backends = [backends]
+    try:
+        backends = list(backends)
+    except TypeError:
+        backends = [backends]  # refused just below, by what it is
+    if not backends or not all(isinstance(b, str) for b in backends):
+        raise BagcamsError(f"backends must be backend names, got {backends!r}; valid: {', '.join(ALL_BACKENDS)}")
+    if isinstance(batch_sizes, int | np.integer):
+        batch_sizes = [batch_sizes]
+    try:
+        batch_sizes = list(dict.fromkeys(batch_sizes))  # a size twice would run twice and mix up the ratios
+    except TypeError:  # not iterable, or unhashable items
+        raise BagcamsError(f"batch sizes must be positive integers, got {batch_sizes!r}") from None
+    if not batch_sizes or any(isinstance(b, bool) or not isinstance(b, int | np.integer) or b < 1 for b in batch_sizes):
         raise BagcamsError(f"batch sizes must be positive integers, got {batch_sizes}")
+    batch_sizes = [int(b) for b in batch_sizes]
+    warmup, iters = _count(warmup, "warmup", 0), _count(iters, "iters", 1)
     threads = _checked_threads(threads) or None  # 0 is the runtimes' default too
     if any(b.startswith("torch") for b in backends) and not checkpoint:
         raise BagcamsError("torch backends need --checkpoint")

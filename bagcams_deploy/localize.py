@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from .errors import BagcamsError
 from .evaluation.boxes import object_boxes
 from .images import check_images
 from .outputs import check_distinct_stems, output_dir
-from .preprocessing import load_image, preprocess
+from .preprocessing import image_path_list, load_image, preprocess
 from .runtime.base import Backend, score_maps
 from .visualize import render_overlay, resize_map, save_png
 
@@ -93,8 +94,8 @@ def _check_outputs(paths: list[Path], out: Path) -> set[Path]:
 
 def localize_images(
     backend: Backend,
-    paths: list[Path],
-    out: Path,
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
     threshold: float | None = 0.5,
     multi_contour: bool = False,
     class_id: int | None = None,
@@ -105,12 +106,19 @@ def localize_images(
     record (class, score, probability, boxes as :data:`BOX_FORMAT`); ``threshold=None`` = Otsu.
     Writes ``boxes.json`` with all records and returns them. The folder holds one run: once this run
     succeeds, the files an earlier run listed in its ``boxes.json`` are removed (only names of the
-    shape localize writes); other files are left alone, and a failed run removes nothing."""
-    paths, out = [Path(p) for p in paths], Path(out)
+    shape localize writes); other files are left alone, and a failed run removes nothing.
+
+    ``paths`` may be one file, and a folder stands for its image files as on the command line
+    (:func:`~bagcams_deploy.preprocessing.expand_image_paths`): each record names its image."""
+    paths, out = image_path_list(paths, "paths", expand_folders=True), Path(out)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise BagcamsError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if threshold is not None and not 0 <= threshold <= 1:  # NaN fails too
-        raise BagcamsError(f"threshold must be in [0, 1] (or None for Otsu's), got {threshold}")
+    if threshold is not None:
+        # a string or a bool would compare (or not) by accident; NaN fails the range test
+        is_number = isinstance(threshold, int | float | np.integer | np.floating) and not isinstance(threshold, bool)
+        if not is_number or not 0 <= threshold <= 1:
+            raise BagcamsError(f"threshold must be a number in [0, 1] (or None for Otsu's), got {threshold!r}")
+        threshold = float(threshold)
     if class_id is not None:
         value = np.asarray(class_id.detach().cpu() if hasattr(class_id, "detach") else class_id)
         if value.ndim != 0 or value.dtype.kind not in "iu":

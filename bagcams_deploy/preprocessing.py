@@ -6,7 +6,8 @@ PIL image; no crop), scale to [0, 1], normalise with the ImageNet mean/std, NCHW
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +40,27 @@ def normalize(rgb: np.ndarray, mean: Sequence[float] = MEAN, std: Sequence[float
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
+def checked_size(size: object) -> tuple[int, int]:
+    """An int (square, as ``export_onnx`` takes it) or an (H, W) pair of positive integers; anything
+    else is one clear error rather than a traceback from deep inside PIL's resize."""
+    pair = (size, size) if isinstance(size, int | np.integer) else size
+    if isinstance(pair, np.ndarray | torch.Size):
+        pair = tuple(pair.tolist())
+    ok = isinstance(pair, tuple | list) and len(pair) == 2
+    if not (ok and all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0 for v in pair)):
+        raise BagcamsError(f"size must be a positive integer or an (H, W) pair of them, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
 def preprocess(
     images: Sequence[np.ndarray],
-    size: tuple[int, int] = (DEFAULT_SIZE, DEFAULT_SIZE),
+    size: int | tuple[int, int] = (DEFAULT_SIZE, DEFAULT_SIZE),
     mean: Sequence[float] = MEAN,
     std: Sequence[float] = STD,
 ) -> torch.Tensor:
-    """A batch of RGB uint8 images (any sizes) -> normalised float32 tensor [N,3,H,W]."""
+    """A batch of RGB uint8 images (any sizes) -> normalised float32 tensor [N,3,H,W]; ``size`` is
+    (H, W) or one int for a square."""
+    size = checked_size(size)
     if len(images) == 0:
         raise BagcamsError("no images to pre-process")
     arrays = []
@@ -57,9 +72,42 @@ def preprocess(
     return torch.from_numpy(np.stack(arrays))
 
 
-def load_images(paths: Sequence[str | Path], size: tuple[int, int] = (DEFAULT_SIZE, DEFAULT_SIZE)) -> torch.Tensor:
-    """Files -> normalised batch (convenience for small batches)."""
-    return preprocess([load_image(p) for p in paths], size)
+def image_path_list(
+    paths: str | os.PathLike | Iterable[str | os.PathLike], what: str = "image paths", expand_folders: bool = False
+) -> list[Path]:
+    """One path or an iterable of them -> a list of ``Path``: a lone string is one file (iterating it
+    would name a file per letter). A folder is expanded as the CLI does (:func:`expand_image_paths`:
+    its visible image files, sorted) where the caller's results name each image, else refused, since
+    a bare batch would not say which row is which file. Files are kept as given (even twice)."""
+    items = [paths] if isinstance(paths, str | os.PathLike) else paths
+    try:
+        items = list(items)
+    except TypeError:
+        raise BagcamsError(f"{what} must be a file path or a list of them, got {paths!r}"[:200]) from None
+    out: list[Path] = []
+    for item in items:
+        if not isinstance(item, str | os.PathLike):
+            raise BagcamsError(f"{what} must be file paths, got {item!r} ({type(item).__name__})"[:200])
+        p = Path(item)
+        if not p.is_dir():
+            out.append(p)
+        elif expand_folders:
+            out.extend(expand_image_paths([p]))
+        else:
+            raise BagcamsError(
+                f"{p} is a folder (pass its image files; the CLI expands folders, as "
+                "bagcams_deploy.preprocessing.expand_image_paths does)"
+            )
+    return out
+
+
+def load_images(
+    paths: str | os.PathLike | Sequence[str | os.PathLike], size: int | tuple[int, int] = (DEFAULT_SIZE, DEFAULT_SIZE)
+) -> torch.Tensor:
+    """Files (or one file) -> normalised batch, one row per file in order (convenience for small
+    batches); ``size`` is (H, W) or one int for a square."""
+    size = checked_size(size)  # before any file is decoded
+    return preprocess([load_image(p) for p in image_path_list(paths)], size)
 
 
 def _is_image_name(name: str) -> bool:

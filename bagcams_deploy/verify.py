@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +18,7 @@ from .errors import BagcamsError
 from .export.contract import GraphInfo, read_graph_info
 from .models.wsol import WSOLModel
 from .outputs import json_safe
-from .preprocessing import load_image, preprocess
+from .preprocessing import image_path_list, load_image, preprocess
 from .runtime.base import Backend, score_maps
 from .runtime.torch_backends import TorchReferenceBackend
 
@@ -271,7 +270,7 @@ def verify_backend(
     backend: Backend,
     model: WSOLModel,
     graph: str,
-    image_paths: list[Path] | None = None,
+    image_paths: str | os.PathLike | list[str | os.PathLike] | None = None,
     num_random: int = 8,
     seed: int | None = None,
     tolerances: Tolerances | None = None,
@@ -282,7 +281,8 @@ def verify_backend(
 
     ``fp64_reference`` computes the reference in float64: the ground truth where the float32
     reference's own rounding flips a ReLU mask (GradCAM++ and PCS are ill-conditioned, flat images
-    sit on ties), so that a backend closer to the truth than the float32 reference is not failed."""
+    sit on ties), so that a backend closer to the truth than the float32 reference is not failed.
+    ``image_paths`` may be one file, and a folder stands for its image files, as ``--images`` does."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise BagcamsError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(num_random, bool) or not isinstance(num_random, int | np.integer):
@@ -295,6 +295,7 @@ def verify_backend(
         )
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0):
         raise BagcamsError(f"seed must be a non-negative integer (or None for a fresh one), got {seed!r}")
+    paths = image_path_list(image_paths if image_paths is not None else [], "image_paths", expand_folders=True)
     precision = judged_precision(backend)
     tol = tolerances or Tolerances.for_precision(precision)
     seed = int.from_bytes(os.urandom(4), "little") if seed is None else int(seed)
@@ -303,7 +304,7 @@ def verify_backend(
     if num_random > 0:
         imgs = random_images(num_random, size, seed)
         batches.append((imgs, [f"random#{i} (seed {seed})" for i in range(num_random)]))
-    for path in image_paths or []:
+    for path in paths:
         batches.append((preprocess([load_image(path)], size).numpy(), [str(path)]))
     if not batches:
         raise BagcamsError("nothing to verify: give --images or --num-random > 0")

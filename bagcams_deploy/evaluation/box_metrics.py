@@ -70,6 +70,23 @@ class BoxMetrics:
         }
 
 
+def _checked_flag(pred_correct: object) -> bool | None:
+    """``pred_correct`` as a bool: True/False, numpy's booleans or a 0/1 integer (scalar or 0-d
+    array, e.g. ``pred == label``); anything else, such as the string "no" (truthy), is refused
+    rather than counted as a correct prediction."""
+    if pred_correct is None:
+        return None
+    if hasattr(pred_correct, "detach"):  # a torch scalar
+        pred_correct = pred_correct.detach().cpu().numpy()
+    flag_like = isinstance(pred_correct, bool | np.bool_ | int | np.integer | np.ndarray)
+    value = np.asarray(pred_correct) if flag_like else None
+    if value is None or value.ndim != 0 or value.dtype.kind not in "biu" or value.item() not in (0, 1):
+        raise BagcamsError(
+            f"pred_correct must be a bool (or 0/1) for the one image, or None, got {pred_correct!r}"[:200]
+        )
+    return bool(value.item())
+
+
 class BoxEvaluator:
     """Accumulates box-localisation counts over images, then :meth:`compute` gives :class:`BoxMetrics`.
 
@@ -119,6 +136,7 @@ class BoxEvaluator:
     ) -> None:
         """Add one image: its score map (H, W) in [0, 1], its GT boxes (n, 4) x0y0x1y1 in the map's
         pixels (see ``resize_box``), and whether the classifier's top-1 class was right (or None)."""
+        pred_correct = _checked_flag(pred_correct)  # before anything is counted
         correct = self.best_ious(scoremap, gt_boxes)[None, :] >= self._iou_cut
         self.num_correct += correct
         if pred_correct is not None:

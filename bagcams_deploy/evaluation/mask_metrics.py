@@ -59,6 +59,7 @@ class MaskEvaluator:
         self.gt_true_hist = np.zeros(len(self.bin_edges) - 1, dtype=np.float64)
         self.gt_false_hist = np.zeros(len(self.bin_edges) - 1, dtype=np.float64)
         self.count = 0
+        self.ignored_pixels = 0  # only to explain a 0/255 mask that has no foreground
 
     def accumulate(self, scoremap: np.ndarray, gt_mask: np.ndarray) -> None:
         """Add one image: score map (H, W) in [0, 1] and GT mask of the same shape with 1 foreground,
@@ -76,6 +77,7 @@ class MaskEvaluator:
         false_hist, _ = np.histogram(scoremap[mask == 0], bins=self.bin_edges)
         self.gt_true_hist += true_hist.astype(np.float64)
         self.gt_false_hist += false_hist.astype(np.float64)
+        self.ignored_pixels += int(np.count_nonzero(mask == IGNORE_VALUE))
         self.count += 1
 
     def compute(self) -> MaskMetrics:
@@ -87,7 +89,11 @@ class MaskEvaluator:
         fn = num_true - tp
         fp = self.gt_false_hist[::-1].cumsum()
         if num_true <= 0:
-            raise BagcamsError(f"no ground-truth foreground pixel in the {self.count} evaluated mask(s)")
+            hint = ""
+            if self.ignored_pixels:  # a 0/255 binary mask read as it is stored
+                v = IGNORE_VALUE
+                hint = f" ({v} means ignore, foreground is 1: divide a 0/{v} mask by {v})"
+            raise BagcamsError(f"no ground-truth foreground pixel in the {self.count} evaluated mask(s){hint}")
         if ((tp + fp) <= 0).all():
             raise BagcamsError(f"no pixel of the {self.count} evaluated map(s) is predicted foreground")
         non_zero = (tp + fp) != 0

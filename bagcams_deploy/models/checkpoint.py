@@ -6,6 +6,7 @@ unpickles tensors and plain containers only and never executes code from the fil
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -191,13 +192,19 @@ def load_model(
     num_classes: int | None = None,
     large_feature_map: bool | None = None,
 ) -> WSOLModel:
-    """Load a checkpoint (DA-WSOL dict or plain state dict) into an eval-mode :class:`WSOLModel`.
+    """Load a checkpoint file (a DA-WSOL dict or plain state dict) into an eval-mode :class:`WSOLModel`.
 
     Architecture and number of classes are inferred from the tensors unless given. Loading is strict:
     any missing, unexpected or mis-shaped tensor is an error naming it. Optional metadata that cannot
     be used (class names whose count is not the class count) is dropped, and ``model.load_notes``
     says so in one line each.
     """
+    if not isinstance(path, str | os.PathLike):  # Path() of a state dict is a TypeError traceback
+        what = "a state dict" if isinstance(path, Mapping) else f"a {type(path).__name__}"
+        raise BagcamsError(
+            f"load_model takes a checkpoint file path, got {what}: save it with torch.save (or "
+            "models.save_checkpoint) and pass the file"
+        )
     path = Path(path)
     extractor_sd, classifier_sd, meta = split_state_dicts(_read(path), path)
     return model_from_state_dicts(

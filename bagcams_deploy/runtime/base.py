@@ -20,6 +20,20 @@ from ..architectures import MIN_INPUT_SIZE
 from ..checks import check_finite_outputs
 from ..errors import BagcamsError
 
+#: How far beyond real pixels an input value may reach, in whole pixel ranges: ``check_inputs``
+#: accepts what ``(p - mean) / std`` gives for some ``p`` in ``[-PIXEL_MARGIN, 1 + PIXEL_MARGIN]``.
+PIXEL_MARGIN = 2.0
+
+
+def input_bounds(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[float, float]:
+    """The widest values a backend takes, over the channels: images of real pixels, ``p`` in [0, 1],
+    give about [-2.12, 2.64] with ImageNet's mean/std; the bound, about [-10.96, 11.53] there, is wide
+    enough for any standard-normal test input (|x| > 10 has probability 1e-23) and still far below
+    the 255 of pixels that were never divided by 255, whose maps would come back silently wrong."""
+    lo = min((-PIXEL_MARGIN - m) / s for m, s in zip(mean, std, strict=True))
+    hi = max((1.0 + PIXEL_MARGIN - m) / s for m, s in zip(mean, std, strict=True))
+    return float(np.float32(lo)), float(np.float32(hi))  # as the float32 images hold them
+
 
 @dataclass(frozen=True)
 class BackendSpec:
@@ -137,8 +151,16 @@ class Backend(ABC):
             )
         if images.dtype != np.float32:
             images = images.astype(np.float32)
-        if not np.isfinite(images).all():
+        least_seen, most_seen = float(images.min()), float(images.max())  # NaN propagates through both
+        if not (np.isfinite(least_seen) and np.isfinite(most_seen)):
             raise BagcamsError(f"{self.name}: images contain NaN or Inf")
+        lo, hi = input_bounds(spec.mean, spec.std)
+        if not lo <= least_seen <= most_seen <= hi:
+            extreme = f"max {most_seen:.1f}" if most_seen > hi else f"min {least_seen:.1f}"
+            raise BagcamsError(
+                f"{self.name}: images look unnormalised ({extreme}, outside [{lo:.1f}, {hi:.1f}]): the contract "
+                "input is (pixels/255 - mean)/std; see load_images"
+            )
         n = images.shape[0]
         ids = np.full((n,), -1, dtype=np.int64) if class_ids is None else self._class_ids(class_ids, n)
         return np.ascontiguousarray(images), np.ascontiguousarray(ids)
@@ -158,6 +180,10 @@ class Backend(ABC):
             raise BagcamsError(f"{self.name}: class ids must be integers, got {raw.dtype} ({str(class_ids)[:40]})")
         if raw.dtype.kind == "u" and raw.size and raw.max() > np.iinfo(np.int64).max:
             raise BagcamsError(f"{self.name}: class id {int(raw.max())} out of range")
+        if raw.ndim > 1:  # [[1, 2], [3, 4]] for 4 images would be flattened into a guess
+            raise BagcamsError(
+                f"{self.name}: class ids must be one per image, shape ({n},) (or one id for all), got shape {raw.shape}"
+            )
         ids = raw.astype(np.int64).reshape(-1)
         if ids.size == 1 and n > 1:
             ids = np.repeat(ids, n)

@@ -87,9 +87,17 @@ def _checked_threads(threads: object) -> int | None:
     return int(threads)
 
 
-def _graph_backend(name: str, path: str, threads: int | None, exact: bool) -> Backend:
+def _graph_backend(
+    name: str, path: str, threads: int | None, exact: bool, method: str | None, target_layer: str | None
+) -> Backend:
+    """A graph or plan backend; a ``method`` or ``target_layer`` the caller names must be the one fixed
+    at export (None: whatever the graph computes), as ``open_model`` and the torch backends insist."""
     module_name, cls_name, _ = GRAPH_BACKENDS[name]
     check_model_kind(name, path)
+    if method is not None or target_layer is not None:
+        from .open import read_model_info
+
+        check_graph_computes(read_model_info(path), method, target_layer, path)
     try:
         module = importlib.import_module(f"{__package__}.{module_name}")
     except ImportError as exc:
@@ -122,7 +130,7 @@ def create_backend(
     if name in GRAPH_BACKENDS:
         if graph is None:
             raise BagcamsError(f"backend {name} needs an exported model (.onnx or .plan)")
-        return _graph_backend(name, str(graph), threads, exact)
+        return _graph_backend(name, str(graph), threads, exact, method, target_layer)
     if name in MODEL_BACKENDS:
         if model is None:
             raise BagcamsError(f"backend {name} needs the PyTorch checkpoint (--checkpoint)")
