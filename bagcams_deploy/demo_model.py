@@ -124,6 +124,27 @@ def load_packed(path: str | Path, class_names: tuple[str, ...] | None = None) ->
     return model.eval()
 
 
+def is_packed(path: Path) -> bool:
+    """Whether ``path`` is a packed ``.npz`` (a zip of ``.npy`` arrays), not a torch.save zip, whose
+    members are ``archive/data.pkl`` and storages."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return bool(names) and all(n.endswith(".npy") for n in names)
+
+
+def load_packed_model(path: str | Path) -> WSOLModel:
+    """A packed ``.npz`` as a model: the shipped file with its class names (the packed format holds
+    tensors only), any other with none."""
+    path = Path(path)
+    shipped = _asset(DEMO_WEIGHTS)
+    if shipped.is_file() and path.resolve() == shipped.resolve():
+        return load_demo_model()
+    return load_packed(path)
+
+
 def demo_config() -> dict:
     """The training config and measured results recorded next to the shipped weights."""
     path = _asset(DEMO_CONFIG)

@@ -192,7 +192,8 @@ def load_model(
     num_classes: int | None = None,
     large_feature_map: bool | None = None,
 ) -> WSOLModel:
-    """Load a checkpoint file (a DA-WSOL dict or plain state dict) into an eval-mode :class:`WSOLModel`.
+    """Load a checkpoint file (a DA-WSOL dict or plain state dict) into an eval-mode :class:`WSOLModel`;
+    the demo's packed ``.npz`` weights load too.
 
     Architecture and number of classes are inferred from the tensors unless given. Loading is strict:
     any missing, unexpected or mis-shaped tensor is an error naming it. Optional metadata that cannot
@@ -206,10 +207,38 @@ def load_model(
             "models.save_checkpoint) and pass the file"
         )
     path = Path(path)
+    from ..demo_model import is_packed
+
+    if path.is_file() and is_packed(path):
+        return _load_packed(path, architecture, num_classes, large_feature_map)
     extractor_sd, classifier_sd, meta = split_state_dicts(_read(path), path)
     return model_from_state_dicts(
         extractor_sd, classifier_sd, meta, architecture, num_classes, large_feature_map, source=str(path)
     )
+
+
+def _load_packed(
+    path: Path, architecture: str | None, num_classes: int | None, large_feature_map: bool | None
+) -> WSOLModel:
+    """The demo's packed weights (``bagcams_deploy/assets/scenes_resnet18.npz``, what ``train.py``
+    writes) load like a checkpoint, so every command takes the shipped model as it is; what the
+    caller asserts about the model is checked, as for a checkpoint."""
+    from ..demo_model import load_packed_model
+
+    model = load_packed_model(path)
+    wanted = {"architecture": architecture, "classes": num_classes, "large_feature_map": large_feature_map}
+    have = {
+        "architecture": model.architecture,
+        "classes": model.num_classes,
+        "large_feature_map": model.large_feature_map,
+    }
+    for key, value in wanted.items():
+        if value is not None and value != have[key]:
+            got = (
+                f"{have['architecture']} with {have['classes']} classes, large_feature_map {have['large_feature_map']}"
+            )
+            raise BagcamsError(f"{path}: packed weights of a {got}; {key} {value} was asked for")
+    return model
 
 
 def save_checkpoint(

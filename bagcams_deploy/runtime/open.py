@@ -17,7 +17,7 @@ from .registry import (
     default_backend,
 )
 
-CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".npz")  # .npz: the demo's packed weights
 
 
 def read_model_info(path: str | Path) -> GraphInfo:
