@@ -325,25 +325,21 @@ def check_backends_can_run(
 
 
 def _input_size(info, input_size: int | tuple[int, int] | None, model_path: str) -> tuple[tuple[int, int], str]:
-    """(H, W) to benchmark at, and where it came from: the graph's own size, or for a graph exported with
-    ``--dynamic-size`` ``input_size`` (default 224)."""
-    from .architectures import MIN_INPUT_SIZE
+    """(H, W) to benchmark at, and where it came from (:func:`~bagcams_deploy.runtime.base.run_input_size`,
+    the rule ``localize``, ``verify`` and ``evaluate`` share)."""
+    from .runtime.base import run_input_size
 
-    asked = (input_size, input_size) if isinstance(input_size, int) else input_size
-    if asked is not None and (len(asked) != 2 or min(asked) < 1):
-        raise BagcamsError(f"--input-size must be positive, got {input_size}")
-    if info.input_size is not None:
-        if asked is not None and tuple(asked) != tuple(info.input_size):
-            h, w = info.input_size
-            raise BagcamsError(
-                f"{model_path} takes {h}x{w} images; --input-size is only for graphs exported with --dynamic-size"
-            )
-        return tuple(info.input_size), "the graph's"
-    size, source = (tuple(asked), "--input-size") if asked else ((224, 224), "default for a dynamic-size graph")
-    least = MIN_INPUT_SIZE.get(info.architecture, 1)
-    if min(size) < least:
-        raise BagcamsError(f"--input-size {size[0]}: {info.architecture} takes inputs of {least}x{least} or more")
-    return size, source
+    return run_input_size(info, input_size, model_path)
+
+
+def default_backends(model_path: str | Path, checkpoint: str | Path | None) -> list[str]:
+    """What ``bench`` runs when no backends are named: the model's own runtime (``ort-cpu`` for a graph,
+    ``tensorrt`` for a plan), after the two torch backends when a checkpoint is there to run them: the
+    speed-ups are against ``torch-reference``, and without a checkpoint there is nothing for it to run."""
+    from .runtime.registry import PLAN_SUFFIXES
+
+    own = "tensorrt" if str(model_path).lower().endswith(PLAN_SUFFIXES) else "ort-cpu"
+    return ["torch-reference", "torch-analytic", own] if checkpoint else [own]
 
 
 def _count(value: object, name: str, least: int) -> int:
@@ -374,7 +370,8 @@ def run_benchmark(
     Everything that can be checked is checked before the first run; a failure during the runs raises
     :class:`BenchmarkIncomplete` carrying the rows measured so far. ``threads`` None leaves each runtime
     its default (ONNX Runtime, torch and OpenVINO all take the physical cores), which the report says.
-    ``backends`` may be one name and ``batch_sizes`` one int.
+    ``backends`` may be one name and ``batch_sizes`` one int. The torch backends need ``checkpoint``;
+    without one the forward-only floor (the checkpoint's classifier) is skipped, and the report says so.
 
     Each run is a spawned process, which re-imports the calling script: a script must call this
     under ``if __name__ == "__main__":`` (else it is refused with one line saying so)."""
@@ -402,8 +399,13 @@ def run_benchmark(
     batch_sizes = [int(b) for b in batch_sizes]
     warmup, iters = _count(warmup, "warmup", 0), _count(iters, "iters", 1)
     threads = _checked_threads(threads) or None  # 0 is the runtimes' default too
-    if any(b.startswith("torch") for b in backends) and not checkpoint:
-        raise BagcamsError("torch backends need --checkpoint")
+    torch_names = [b for b in backends if b.startswith("torch")]
+    if torch_names and not checkpoint:
+        alone = ",".join(default_backends(model_path, None))
+        raise BagcamsError(
+            f"{', '.join(torch_names)} {'runs' if len(torch_names) == 1 else 'run'} the PyTorch model: give its "
+            f"checkpoint (--checkpoint CKPT), or benchmark the graph backends alone (--backends {alone})"
+        )
     check_backends_can_run(backends, model_path, batch_sizes, device)
     from .runtime.open import load_checkpoint_for, read_model_info
 
@@ -416,6 +418,8 @@ def run_benchmark(
                    "precision": FLOOR_PRECISION, "exact": exact}  # fmt: skip
     if not include_floor:
         floor = {"skipped": "--no-floor"}
+    elif not checkpoint:  # the floor is the checkpoint's own classifier; a graph alone is still timed
+        floor = {"skipped": "no checkpoint (the floor is the checkpoint's classifier)"}
     elif not comparable:
         floor = {"skipped": "no backend runs on the CPU in float32, which is where the floor runs: "
                  + "; ".join(f"{b} {floor_mismatch(*w)}" for b, w in where.items())}  # fmt: skip
@@ -464,8 +468,6 @@ def run_benchmark(
         floor_path = None
         names = list(backends)
         if "skipped" not in floor:
-            if not checkpoint:
-                raise BagcamsError("the forward-only floor needs --checkpoint (or pass --no-floor)")
             floor_path = str(Path(tmp) / "forward.onnx")
             export_forward_onnx(load_checkpoint_for(checkpoint, info), floor_path, size)
             names.append(FLOOR)

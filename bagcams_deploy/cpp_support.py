@@ -13,14 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import BagcamsError, require
+from .errors import OPENVINO_HINT, BagcamsError, require
 
 EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "cpp"
 
 
 def openvino_cmake_dir() -> Path:
     """The folder holding ``OpenVINOConfig.cmake`` inside the installed openvino wheel."""
-    ov = require("openvino", "building the C++ example", "pip install openvino")
+    ov = require("openvino", "building the C++ example", OPENVINO_HINT)
     base = Path(ov.__file__).resolve().parent
     for candidate in (base / "cmake", base / "runtime" / "cmake"):
         if (candidate / "OpenVINOConfig.cmake").is_file():
@@ -38,7 +38,7 @@ def openvino_cmake_dir() -> Path:
 
 def openvino_lib_dir() -> Path:
     """The folder with ``libopenvino.so*`` and the plugins (for LD_LIBRARY_PATH where rpath is not used)."""
-    ov = require("openvino", "running the C++ example", "pip install openvino")
+    ov = require("openvino", "running the C++ example", OPENVINO_HINT)
     return Path(ov.__file__).resolve().parent / "libs"
 
 

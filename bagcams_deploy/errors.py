@@ -7,6 +7,9 @@ tensor, layer, class id) and, where there is a closed set of valid values, list 
 
 from __future__ import annotations
 
+#: How to get OpenVINO, said the same way wherever it is missing: the extra pins the versions we test.
+OPENVINO_HINT = "pip install 'bagcams-deploy[openvino]'"
+
 
 class BagcamsError(Exception):
     """A user-facing error: bad input, missing optional dependency, failed check."""

@@ -14,9 +14,9 @@ from .checks import NonFiniteOutputError, name_non_finite
 from .errors import BagcamsError
 from .evaluation.boxes import object_boxes
 from .images import check_images
-from .outputs import check_distinct_stems, output_dir
+from .outputs import check_distinct_stems, output_dir, output_names, read_localize_index
 from .preprocessing import image_path_list, load_image, preprocess
-from .runtime.base import Backend, score_maps
+from .runtime.base import Backend, run_input_size, score_maps
 from .visualize import render_overlay, resize_map, save_png
 
 
@@ -38,15 +38,11 @@ def otsu_threshold(score_map: np.ndarray) -> float:
 BOX_FORMAT = "x0,y0,x1,y1: inclusive pixel edges in the original image"
 
 
-def output_names(path: Path) -> tuple[str, str]:
-    """The map and overlay file names ``localize`` (and ``cam``) write for one image."""
-    return f"{path.stem}.npy", f"{path.stem}_overlay.png"
-
-
 def refuse_inputs_among_outputs(paths: Sequence[Path], out: Path, extra: Sequence[str] = ()) -> None:
-    """Refuse a run into ``out`` whose per-image outputs (:func:`output_names`, plus ``extra`` file
-    names) include one of its inputs: writing would destroy that input, and with ``--out`` the image
-    folder each rerun would read the previous run's overlays as images. Shared by ``localize`` and ``cam``."""
+    """Refuse a run into ``out`` whose per-image outputs (:func:`~bagcams_deploy.outputs.output_names`,
+    plus ``extra`` file names) include one of its inputs: writing would destroy that input. (A folder's
+    files an earlier run wrote are not inputs at all: :func:`~bagcams_deploy.preprocessing.expand_image_paths`
+    skips them.) Shared by ``localize`` and ``cam``."""
     planned = {(out / n).resolve() for p in paths for n in output_names(Path(p))}
     planned |= {(out / n).resolve() for n in extra}
     for p in paths:
@@ -54,30 +50,16 @@ def refuse_inputs_among_outputs(paths: Sequence[Path], out: Path, extra: Sequenc
             raise BagcamsError(f"{p} would be overwritten by an output of this run; write to another folder")
 
 
-def _is_output_name(name: object) -> bool:
-    """A bare file name of the shape ``localize`` writes: nothing else is ever removed."""
-    if not isinstance(name, str) or Path(name).name != name:
-        return False
-    return (name.endswith(".npy") and len(name) > 4) or (name.endswith("_overlay.png") and len(name) > 12)
-
-
 def earlier_outputs(out: Path) -> set[Path]:
     """The files an earlier ``localize`` run wrote into ``out``, as its ``boxes.json`` lists them."""
     index = out / "boxes.json"
-    if not index.is_file():
-        return set()
     try:
-        doc = json.loads(index.read_text())
-        if not isinstance(doc, dict) or "method" not in doc or not isinstance(doc.get("images"), list):
-            raise ValueError("not a localize index")
-        names = list(doc.get("stale_outputs", []))
-        for r in doc["images"]:
-            names += [r["map"], r["overlay"]] if "map" in r else output_names(Path(r["image"]))
+        names = read_localize_index(out)
     except OSError as exc:
         raise BagcamsError(f"cannot read {index}: {exc.strerror or exc}") from None
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+    except ValueError:
         raise BagcamsError(f"{index} was not written by localize; choose another output folder") from None
-    return {out / n for n in names if _is_output_name(n)}
+    return {out / n for n in names or ()}
 
 
 def _check_outputs(paths: list[Path], out: Path) -> set[Path]:
@@ -101,12 +83,16 @@ def localize_images(
     class_id: int | None = None,
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
+    input_size: int | tuple[int, int] | None = None,
 ) -> list[dict]:
     """Per image: ``<stem>.npy`` (the map at the original image size), ``<stem>_overlay.png`` and a
     record (class, score, probability, boxes as :data:`BOX_FORMAT`); ``threshold=None`` = Otsu.
     Writes ``boxes.json`` with all records and returns them. The folder holds one run: once this run
     succeeds, the files an earlier run listed in its ``boxes.json`` are removed (only names of the
     shape localize writes); other files are left alone, and a failed run removes nothing.
+
+    ``input_size`` (an int is H = W) is for dynamic-size graphs (default 224x224); a fixed-size graph
+    refuses any size but its own (:func:`~bagcams_deploy.runtime.base.run_input_size`).
 
     ``paths`` may be one file, and a folder stands for its image files as on the command line
     (:func:`~bagcams_deploy.preprocessing.expand_image_paths`): each record names its image."""
@@ -124,6 +110,7 @@ def localize_images(
         if value.ndim != 0 or value.dtype.kind not in "iu":
             raise BagcamsError(f"class_id must be an integer, got {class_id!r}")
         class_id = int(value)
+    size, _ = run_input_size(backend.spec, input_size, getattr(backend, "path", None) or backend.name)
     check_distinct_stems(paths)
     output_dir(out, "output folder")
     earlier = _check_outputs(paths, out)
@@ -137,12 +124,13 @@ def localize_images(
         "backend": backend.name,
         "threshold": "otsu" if threshold is None else threshold,
         "multi_contour": bool(multi_contour),
+        "input_size": list(size),
         "box_format": BOX_FORMAT,
         "complete": False,
         "images": records,
     }
     try:
-        _localize(backend, paths, out, threshold, multi_contour, class_id, batch_size, on_batch, records)
+        _localize(backend, paths, out, size, threshold, multi_contour, class_id, batch_size, on_batch, records)
         doc["complete"] = True
     finally:
         written = {out / n for r in records for n in (r["map"], r["overlay"])}
@@ -162,6 +150,7 @@ def _localize(
     backend: Backend,
     paths: list[Path],
     out: Path,
+    size: tuple[int, int],
     threshold: float | None,
     multi_contour: bool,
     class_id: int | None,
@@ -171,7 +160,6 @@ def _localize(
 ) -> None:
     """The batches of :func:`localize_images`, appending each image's record as its files are written."""
     spec = backend.spec
-    size = spec.input_size or (224, 224)
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         rgbs = [load_image(p) for p in chunk]

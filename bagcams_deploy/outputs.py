@@ -3,9 +3,10 @@ at its last step on a path that could not have worked."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -75,6 +76,64 @@ def check_distinct_stems(paths: list[Path]) -> None:
                 f"{other} and {p} would both write {p.stem}.npy and {p.stem}_overlay.png: "
                 "rename one, or run them into different --out folders"
             )
+
+
+def output_names(path: Path) -> tuple[str, str]:
+    """The map and overlay file names ``localize`` (and ``cam``) write for one image."""
+    return f"{path.stem}.npy", f"{path.stem}_overlay.png"
+
+
+OVERLAY_SUFFIX = "_overlay.png"
+
+
+def is_output_name(name: object) -> bool:
+    """A bare file name of the shape ``localize`` writes: nothing else is ever removed or skipped."""
+    if not isinstance(name, str) or Path(name).name != name:
+        return False
+    return (name.endswith(".npy") and len(name) > 4) or (name.endswith(OVERLAY_SUFFIX) and len(name) > 12)
+
+
+def read_localize_index(folder: Path) -> set[str] | None:
+    """The file names a ``localize`` run's ``folder/boxes.json`` lists (its maps and overlays, and an
+    interrupted run's ``stale_outputs``), only those of the shape localize writes; ``None`` when there
+    is no ``boxes.json``. Raises ``ValueError`` for a ``boxes.json`` that is not localize's and
+    ``OSError`` for one that cannot be read: the caller decides whether that is an error."""
+    index = folder / "boxes.json"
+    if not index.is_file():
+        return None
+    doc = json.loads(index.read_text())  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    if not isinstance(doc, dict) or "method" not in doc or not isinstance(doc.get("images"), list):
+        raise ValueError(f"{index} is not a localize index")
+    try:
+        names = list(doc.get("stale_outputs", []))
+        for r in doc["images"]:
+            names += [r["map"], r["overlay"]] if "map" in r else output_names(Path(r["image"]))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{index} is not a localize index") from exc
+    return {n for n in names if is_output_name(n)}
+
+
+def earlier_run_files(folder: Path, names: Collection[str]) -> tuple[set[str], set[str]]:
+    """Which of ``names`` (image files of ``folder``) an earlier ``localize`` or ``cam`` run wrote there:
+    (those the folder's localize record lists, the other ``<stem>_overlay.png`` beside a ``<stem>.npy``).
+
+    Reading them back as images would localize the overlays (``a_overlay_overlay.png``). The second
+    test covers ``cam``, which leaves no record, and folders whose record was deleted; a ``boxes.json``
+    that is not localize's (a data set's own) or cannot be read is simply no record here."""
+    try:
+        listed = read_localize_index(folder) or set()
+    except (OSError, ValueError):
+        listed = set()
+    recorded = {n for n in names if n in listed}
+    paired = {
+        n
+        for n in names
+        if n not in recorded
+        and is_output_name(n)
+        and n.endswith(OVERLAY_SUFFIX)
+        and (folder / f"{n[: -len(OVERLAY_SUFFIX)]}.npy").is_file()
+    }
+    return recorded, paired
 
 
 def json_safe(value: object) -> object:

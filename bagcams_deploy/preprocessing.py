@@ -7,7 +7,7 @@ PIL image; no crop), scale to [0, 1], normalise with the ImageNet mean/std, NCHW
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from PIL import Image
 
 from .errors import BagcamsError
 from .images import MIN_IMAGE_SIDE, load_image
+from .outputs import earlier_run_files
 
 __all__ = ["MIN_IMAGE_SIDE", "load_image"]  # re-exported: the decoder lives in images.py
 
@@ -115,23 +116,56 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
-def expand_image_paths(inputs: Sequence[str | Path]) -> list[Path]:
+def _skipped_note(folder: Path, recorded: set[str], paired: set[str]) -> str:
+    """One line naming the folder, why its files were skipped, the first few, and how to read one."""
+    names = sorted(recorded | paired)
+    shown = ", ".join(names[:3]) + (f", ... (+{len(names) - 3} more)" if len(names) > 3 else "")
+    why = [f"{len(recorded)} listed in {folder / 'boxes.json'}"] if recorded else []
+    why += [f"{len(paired)} a <stem>_overlay.png beside its <stem>.npy"] if paired else []
+    run = "localize" if not paired else "cam or localize"
+    return (
+        f"skipped {len(names)} file(s) in {folder} that an earlier {run} run wrote ({'; '.join(why)}): {shown}; "
+        "name a file on the command line to read it as an image anyway"
+    )
+
+
+def expand_image_paths(inputs: Sequence[str | Path], on_note: Callable[[str], None] | None = None) -> list[Path]:
     """Files and folders (their image files, sorted) -> a list of image paths; refuses an empty result.
 
     A folder's hidden files (``.name``: macOS ``._a.jpg`` AppleDouble files, editors' temporaries) are
-    skipped: they carry image suffixes without being images and would abort the run. A hidden file
+    skipped: they carry image suffixes without being images and would abort the run. So are the
+    overlays an earlier ``localize`` or ``cam`` run wrote into it
+    (:func:`~bagcams_deploy.outputs.earlier_run_files`), which would otherwise be localized in turn
+    (``a_overlay_overlay.png``); ``on_note`` gets one line per folder saying what was skipped. A file
     named on its own is read like any other."""
     out: list[Path] = []
+    skipped = 0
+    notes: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if _is_image_name(q.name) and q.is_file()))
+            found = sorted(q for q in p.iterdir() if _is_image_name(q.name) and q.is_file())
+            recorded, paired = earlier_run_files(p, {q.name for q in found})
+            if recorded or paired:
+                found = [q for q in found if q.name not in recorded and q.name not in paired]
+                skipped += len(recorded) + len(paired)
+                notes.append(_skipped_note(p, recorded, paired))
+            out.extend(found)
         elif p.exists():
             out.append(p)
         else:
             raise BagcamsError(f"no such image file or folder: {p}")
     if not out:
-        raise BagcamsError("no image files found in " + ", ".join(str(i) for i in inputs))
+        why = (
+            f" (its {skipped} image file(s) are an earlier localize or cam run's outputs, skipped; name one on "
+            "the command line to read it as an image)"
+            if skipped
+            else ""
+        )
+        raise BagcamsError("no image files found in " + ", ".join(str(i) for i in inputs) + why)
+    if on_note is not None:  # only now: before an error, a note would make it two lines
+        for note in notes:
+            on_note(note)
     unique: dict[Path, Path] = {}
     for p in out:  # a file named twice (or also by its folder) runs once, where it was first named
         unique.setdefault(p.resolve(), p)

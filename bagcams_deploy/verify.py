@@ -19,7 +19,7 @@ from .export.contract import GraphInfo, read_graph_info
 from .models.wsol import WSOLModel
 from .outputs import json_safe
 from .preprocessing import image_path_list, load_image, preprocess
-from .runtime.base import Backend, score_maps
+from .runtime.base import Backend, run_input_size, score_maps
 from .runtime.torch_backends import TorchReferenceBackend
 
 IOU_THRESHOLDS = (0.2, 0.5, 0.8)
@@ -276,13 +276,16 @@ def verify_backend(
     tolerances: Tolerances | None = None,
     batch_size: int = 8,
     fp64_reference: bool = False,
+    input_size: int | tuple[int, int] | None = None,
 ) -> VerifyReport:
     """Run ``backend`` and the reference on the same fresh random (+ given) images and compare.
 
     ``fp64_reference`` computes the reference in float64: the ground truth where the float32
     reference's own rounding flips a ReLU mask (GradCAM++ and PCS are ill-conditioned, flat images
     sit on ties), so that a backend closer to the truth than the float32 reference is not failed.
-    ``image_paths`` may be one file, and a folder stands for its image files, as ``--images`` does."""
+    ``image_paths`` may be one file, and a folder stands for its image files, as ``--images`` does.
+    ``input_size`` (an int is H = W) is for dynamic-size graphs, which can run at any size (default
+    224x224); a fixed-size graph refuses any but its own (:func:`~bagcams_deploy.runtime.base.run_input_size`)."""
     if not isinstance(batch_size, int) or batch_size < 1:
         raise BagcamsError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(num_random, bool) or not isinstance(num_random, int | np.integer):
@@ -293,13 +296,13 @@ def verify_backend(
             f"checkpoint does not match {graph}: the model is {spec.architecture} with {spec.num_classes} classes, "
             f"the checkpoint {model.architecture} with {model.num_classes}"
         )
+    size, _ = run_input_size(spec, input_size, graph)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0):
         raise BagcamsError(f"seed must be a non-negative integer (or None for a fresh one), got {seed!r}")
     paths = image_path_list(image_paths if image_paths is not None else [], "image_paths", expand_folders=True)
     precision = judged_precision(backend)
     tol = tolerances or Tolerances.for_precision(precision)
     seed = int.from_bytes(os.urandom(4), "little") if seed is None else int(seed)
-    size = spec.input_size or (224, 224)
     batches: list[tuple[np.ndarray, list[str]]] = []
     if num_random > 0:
         imgs = random_images(num_random, size, seed)

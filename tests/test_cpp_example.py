@@ -34,7 +34,7 @@ def _missing_toolchain() -> str | None:
     if not any(shutil.which(c) for c in (os.environ.get("CXX", "c++"), "c++", "g++", "clang++")):
         return "no C++ compiler found (apt-get install g++)"
     if importlib.util.find_spec("openvino") is None:
-        return "openvino is not importable (pip install openvino)"
+        return "openvino is not importable (pip install -e '.[openvino]')"
     return None
 
 

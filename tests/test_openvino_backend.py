@@ -12,7 +12,7 @@ import pytest
 from bagcams_deploy.errors import BagcamsError, MissingDependencyError
 
 pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("openvino") is None, reason="openvino is not importable (pip install openvino)"
+    importlib.util.find_spec("openvino") is None, reason="openvino is not importable (pip install -e '.[openvino]')"
 )
 
 SIZE = 96
@@ -124,7 +124,7 @@ def test_ov_missing_dependency_is_a_clear_error(graphs, monkeypatch):
     from bagcams_deploy.runtime.openvino_backend import OpenVINOBackend
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
-    with pytest.raises(MissingDependencyError, match="pip install openvino"):
+    with pytest.raises(MissingDependencyError, match=r"pip install .bagcams-deploy\[openvino\]."):
         OpenVINOBackend(str(graphs["bagcams"]))
 
 

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..runtime.registry import ALL_BACKENDS
+
 
 def register(app: typer.Typer) -> None:
     app.command("bench")(bench)
@@ -26,11 +28,29 @@ def _ints(text: str, what: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
+def _note_without_checkpoint(names: list[str], named: bool, floor: bool) -> None:
+    """Say what a run without ``--checkpoint`` leaves out, rather than refusing it: a graph alone can be
+    timed, and the torch backends and the forward-only floor (the checkpoint's classifier) cannot."""
+    if named:
+        if floor:
+            typer.echo("note: no forward-only floor: it needs --checkpoint", err=True)
+        return
+    needs = "the torch backends and the forward-only floor need" if floor else "the torch backends need"
+    typer.echo(f"note: benchmarking {', '.join(names)} only: {needs} --checkpoint", err=True)
+
+
 def bench(
     model_path: Path = typer.Argument(..., metavar="MODEL", help="exported .onnx (or .plan)"),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint (torch backends, floor)"),
-    backends: str = typer.Option("torch-reference,torch-analytic,ort-cpu", "--backends"),
-    batch_sizes: str = typer.Option("1,8", "--batch-sizes"),
+    checkpoint: Path = typer.Option(
+        None, "--checkpoint", help="the PyTorch checkpoint it was exported from (for the torch backends and the floor)"
+    ),
+    backends: str = typer.Option(
+        None,
+        "--backends",
+        help="comma-separated backends to time, of: " + ", ".join(ALL_BACKENDS),
+        show_default="torch-reference,torch-analytic,ort-cpu with --checkpoint, else ort-cpu (tensorrt for a .plan)",
+    ),
+    batch_sizes: str = typer.Option("1,8", "--batch-sizes", help="comma-separated batch sizes, each timed on its own"),
     warmup: int = typer.Option(3, "--warmup", min=0, help="untimed calls before the timed ones"),
     iters: int = typer.Option(20, "--iters", min=1, help="timed calls: p50/p90/p99 are over this many"),
     threads: int = typer.Option(
@@ -39,22 +59,29 @@ def bench(
     exact: bool = typer.Option(False, "--exact", help="ONNX Runtime optimisations off (the floor's too)"),
     device: str = typer.Option("cpu", "--device", help="torch backends only: cpu, cuda or cuda:N"),
     input_size: int = typer.Option(
-        None, "--input-size", min=1, max=4096, help="H = W, only for graphs exported with --dynamic-size (default 224)"
+        None,
+        "--input-size",
+        min=1,
+        max=4096,
+        help="H = W, only for graphs exported with --dynamic-size",
+        show_default="224, or the graph's own size",
     ),
     no_floor: bool = typer.Option(False, "--no-floor", help="skip the forward-only classifier floor"),
     json_out: Path = typer.Option(None, "--json", help="save the report (rows, ratios, settings, machine) as JSON"),
 ) -> None:
     """p50/p90/p99 latency, images/s (batch / p50) and peak memory per backend and batch size, plus the
     forward-only floor. Timed: numpy in to numpy out, GPU copies included, device synchronised."""
-    from ..bench import BenchmarkIncomplete, run_benchmark, save_report
+    from ..bench import BenchmarkIncomplete, default_backends, run_benchmark, save_report
     from ..errors import BagcamsError
     from ..outputs import output_file
     from ..runtime import parse_backends
 
     output_file(json_out, "--json", inputs={"the model": model_path, "the checkpoint": checkpoint})
-    names = parse_backends(backends)
+    names = parse_backends(backends) if backends is not None else default_backends(model_path, checkpoint)
     sizes = _ints(batch_sizes, "--batch-sizes")
     console = Console(width=None if Console().is_terminal else 140)
+    if checkpoint is None and not any(n.startswith("torch") for n in names):  # (those are refused below)
+        _note_without_checkpoint(names, named=backends is not None, floor=not no_floor)
 
     def on_row(r) -> None:
         console.print(

@@ -17,10 +17,29 @@ def register(app: typer.Typer) -> None:
     app.command("cam")(cam)
 
 
+# Shared by every command that loads a checkpoint: the same option reads the same everywhere.
+ARCH_HELP = "architecture: resnet50, resnet18 or inception_v3 (inferred from the tensor names when omitted)"
+NUM_CLASSES_HELP = "number of classes (inferred from fc.weight when omitted)"
+TARGET_LAYER_HELP = (
+    "layer to map: valid layers depend on the architecture (`info` lists them); --method cam maps the "
+    "classifier's input only"
+)
+TARGET_LAYER_DEFAULT = "layer3 for ResNets, SPG_A3_1b for Inception-v3"
+THREADS_HELP = "intra-op threads of the backend (default: the runtime's own)"
+MODEL_BACKEND_DEFAULT = (
+    "ort-cuda with a GPU, else ort-cpu, for .onnx; tensorrt for .plan; torch-reference for a checkpoint"
+)
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 overlay``, ``2 overlays``: a summary line should not read "wrote 1 overlays"."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def info(
     checkpoint: Path = typer.Argument(..., help="DA-WSOL checkpoint or state dict (.pth/.pt)"),
-    arch: str = typer.Option(None, "--arch", help="architecture (inferred from tensor names when omitted)"),
-    num_classes: int = typer.Option(None, "--num-classes", help="classes (inferred from fc.weight when omitted)"),
+    arch: str = typer.Option(None, "--arch", help=ARCH_HELP),
+    num_classes: int = typer.Option(None, "--num-classes", help=NUM_CLASSES_HELP),
     json_out: bool = typer.Option(False, "--json", help="print JSON instead of text"),
     small_feature_map: bool = typer.Option(
         False, "--small-feature-map", help="checkpoint trained without the large feature map (e.g. OpenImages)"
@@ -67,17 +86,24 @@ def print_load_notes(*loaded: object) -> list[str]:
     return notes
 
 
+def print_note(text: str) -> None:
+    """One ``note:`` line on stderr: a remark on what the run did (e.g. files skipped), not an error."""
+    typer.echo(f"note: {text}", err=True)
+
+
 def cam(
     checkpoint: Path = typer.Argument(..., help="DA-WSOL checkpoint or state dict"),
     images: list[Path] = typer.Argument(..., help="image files or folders"),
-    out: Path = typer.Option(..., "--out", help="output folder"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     method: str = typer.Option("bagcams", "--method", help="|".join(METHODS)),
-    target_layer: str = typer.Option(None, "--target-layer", help="default: layer3 (ResNet), SPG_A3_1b (Inception)"),
+    target_layer: str = typer.Option(None, "--target-layer", help=TARGET_LAYER_HELP, show_default=TARGET_LAYER_DEFAULT),
     class_id: int = typer.Option(None, "--class-id", min=0, help="class to explain (default: the predicted class)"),
-    arch: str = typer.Option(None, "--arch"),
-    num_classes: int = typer.Option(None, "--num-classes"),
-    input_size: int = typer.Option(224, "--input-size", min=1, max=4096),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    arch: str = typer.Option(None, "--arch", help=ARCH_HELP),
+    num_classes: int = typer.Option(None, "--num-classes", help=NUM_CLASSES_HELP),
+    input_size: int = typer.Option(
+        224, "--input-size", min=1, max=4096, help="H = W the images are resized to (and the size of the .npy maps)"
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="images per forward and backward pass"),
     small_feature_map: bool = typer.Option(
         False, "--small-feature-map", help="checkpoint trained without the large feature map (e.g. OpenImages)"
     ),
@@ -98,7 +124,7 @@ def cam(
 
     if method not in METHODS:
         raise BagcamsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    paths = expand_image_paths(images)
+    paths = expand_image_paths(images, on_note=print_note)  # skips an earlier run's overlays, with a note
     check_distinct_stems(paths)
     refuse_inputs_among_outputs(paths, out)  # the rule localize follows: no input is overwritten or re-read
     check_images(paths)  # headers only: an unreadable image fails before the first file is written
@@ -128,7 +154,7 @@ def cam(
                 if method == "bagcams" and float(r.scores[i]) <= 0:
                     flagged.append(p.name)
             advance(len(chunk))
-    typer.echo(f"wrote {len(paths)} overlays and maps to {out}")
+    typer.echo(f"wrote {plural(len(paths), 'overlay')} and {plural(len(paths), 'map')} to {out}")
     if flagged:
         typer.echo(
             f"note: target logit <= 0 (log undefined; BagCAMs sign-flipped) for: {', '.join(flagged)}",

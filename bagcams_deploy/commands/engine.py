@@ -17,12 +17,14 @@ def register(app: typer.Typer) -> None:
 
 def build_engine_cmd(
     model: Path = typer.Argument(..., help="an exported .onnx graph"),
-    output: Path = typer.Option(..., "--output", "-o", help="the .plan to write (its record goes to <plan>.json)"),
-    min_batch: int = typer.Option(1, "--min-batch"),
-    opt_batch: int = typer.Option(
-        None, "--opt-batch", help="the batch size TensorRT tunes for (default: 8 within [min, max])"
+    output: Path = typer.Option(
+        ..., "--output", "-o", "--out", help="the .plan to write (its record goes to <plan>.json)"
     ),
-    max_batch: int = typer.Option(32, "--max-batch"),
+    min_batch: int = typer.Option(1, "--min-batch", help="the smallest batch size the engine takes"),
+    opt_batch: int = typer.Option(
+        None, "--opt-batch", help="the batch size TensorRT tunes for", show_default="8 within [min, max]"
+    ),  # a default string is printed as it is; a help string is Rich markup, where "[" must be "\\["
+    max_batch: int = typer.Option(32, "--max-batch", help="the largest batch size the engine takes"),
     workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="builder workspace limit"),
     timing_cache: Path = typer.Option(None, "--timing-cache", help="read and update this timing cache file"),
     input_size: int = typer.Option(None, "--input-size", help="H = W, only for graphs exported with --dynamic-size"),

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ..errors import BagcamsError
 from ..methods.names import METHODS
-from .core import print_load_notes
+from .core import MODEL_BACKEND_DEFAULT, THREADS_HELP, plural, print_load_notes, print_note
 
 
 def register(app: typer.Typer) -> None:
@@ -58,15 +58,24 @@ def evaluate(
     backend: str = typer.Option(
         None,
         "--backend",
-        help="default: ort-cuda/ort-cpu (first available) for .onnx, tensorrt for .plan, "
-        "torch-reference for checkpoints",
+        help="what runs --model (`bagcams-deploy backends` lists them)",
+        show_default=MODEL_BACKEND_DEFAULT,
     ),
     checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint (for --compare-reference)"),
-    method: str = typer.Option(None, "--method", help="method when --model is a checkpoint (default bagcams)"),
-    target_layer: str = typer.Option(None, "--target-layer", help="target layer when --model is a checkpoint"),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    method: str = typer.Option(
+        None, "--method", help="|".join(METHODS) + " (when --model is a checkpoint)", show_default="bagcams"
+    ),
+    target_layer: str = typer.Option(
+        None,
+        "--target-layer",
+        help="layer to map when --model is a checkpoint: valid layers depend on the architecture (`info` lists them)",
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="images per inference call"),
+    input_size: int = typer.Option(
+        None, "--input-size", min=1, max=4096, help="H = W, only for graphs exported with --dynamic-size (default 224)"
+    ),
     cam_interval: float = typer.Option(
-        0.001, "--cam-interval", help="threshold step (0.001 as published; 0.01 faster)"
+        0.001, "--cam-interval", help="threshold step (the default is the published one; 0.01 is faster)"
     ),
     single_contour: bool = typer.Option(
         False, "--single-contour", help="largest contour only (default: all, as MaxBoxAccV2)"
@@ -76,7 +85,7 @@ def evaluate(
     save_maps: Path = typer.Option(None, "--save-maps", help="save each map as DIR/<image_id>.npy"),
     compare_reference: bool = typer.Option(False, "--compare-reference", help="also run the PyTorch reference"),
     limit: int = typer.Option(None, "--limit", min=1, help="only the first N images"),
-    threads: int = typer.Option(None, "--threads", min=1),
+    threads: int = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     small_feature_map: bool = typer.Option(
         False, "--small-feature-map", help="checkpoint trained without the large feature map (e.g. OpenImages)"
     ),
@@ -89,6 +98,7 @@ def evaluate(
     from ..evaluation.runner import Scorer, evaluate_backend, evaluate_maps, read_predictions
     from ..outputs import output_dir, output_file
     from ..progress import progress_bar
+    from ..runtime.base import run_input_size
     from ..runtime.open import PLAN_SUFFIXES, load_checkpoint_for, open_model, read_model_info
 
     if not MIN_CAM_INTERVAL <= cam_interval < 1:
@@ -107,7 +117,7 @@ def evaluate(
         raise BagcamsError("give exactly one of --model or --maps")
     model_only = {"--backend": backend, "--checkpoint": checkpoint, "--method": method, "--target-layer": target_layer,
                   "--save-maps": save_maps, "--compare-reference": compare_reference or None,
-                  "--small-feature-map": small_feature_map or None}  # fmt: skip
+                  "--small-feature-map": small_feature_map or None, "--input-size": input_size}  # fmt: skip
     given = [flag for flag, value in model_only.items() if value is not None]
     if maps is not None and given:
         raise BagcamsError(f"{', '.join(given)} apply to --model, not to precomputed --maps")
@@ -140,6 +150,7 @@ def evaluate(
             raise BagcamsError("--data-root is needed to read the images")
         lfm = False if small_feature_map else None
         b = open_model(model, backend, checkpoint, method, target_layer, threads, large_feature_map=lfm)
+        run_input_size(b.spec, input_size, str(model))  # refused before the reference loads
         if compare_reference:
             if checkpoint is None:
                 raise BagcamsError("--compare-reference needs --checkpoint")
@@ -163,7 +174,8 @@ def evaluate(
         else:
             with b:
                 main_scorer = scorer()
-                res = evaluate_backend(b, main_scorer, data_root, batch_size, save_maps, limit, advance, extra)
+                res = evaluate_backend(b, main_scorer, data_root, batch_size, save_maps, limit, advance, extra,
+                                       input_size)  # fmt: skip
             name = f"{b.name}: {b.spec.method}@{b.spec.target_layer}"
             results[name] = res
             if ref_scorer is not None:
@@ -209,16 +221,32 @@ def evaluate(
 def localize(
     inputs: list[Path] = typer.Argument(..., metavar="IMAGE_OR_DIR...", help="image files or folders"),
     model: Path = typer.Option(..., "--model", help=".onnx, .plan or a checkpoint"),
-    out: Path = typer.Option(..., "--out", help="output folder"),
-    threshold: float = typer.Option(None, "--threshold", help="box threshold, fraction of the map maximum (0.5)"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+    threshold: float = typer.Option(
+        None, "--threshold", help="box threshold, fraction of the map maximum", show_default="0.5"
+    ),
     auto: bool = typer.Option(False, "--auto", help="per-image threshold by Otsu's method instead of --threshold"),
     multi_contour: bool = typer.Option(False, "--multi-contour", help="a box per contour (default: the largest)"),
-    backend: str = typer.Option(None, "--backend"),
-    method: str = typer.Option(None, "--method", help="|".join(METHODS) + " (checkpoints only; default bagcams)"),
-    target_layer: str = typer.Option(None, "--target-layer", help="(checkpoints only)"),
+    backend: str = typer.Option(
+        None,
+        "--backend",
+        help="what runs the model (`bagcams-deploy backends` lists them); torch backends need a checkpoint as --model",
+        show_default=MODEL_BACKEND_DEFAULT,
+    ),
+    method: str = typer.Option(
+        None, "--method", help="|".join(METHODS) + " (checkpoints only)", show_default="bagcams"
+    ),
+    target_layer: str = typer.Option(
+        None,
+        "--target-layer",
+        help="layer to map (checkpoints only): valid layers depend on the architecture (`info` lists them)",
+    ),
     class_id: int = typer.Option(None, "--class-id", min=0, help="explain this class (default: the predicted one)"),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    threads: int = typer.Option(None, "--threads", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="images per inference call"),
+    input_size: int = typer.Option(
+        None, "--input-size", min=1, max=4096, help="H = W, only for graphs exported with --dynamic-size (default 224)"
+    ),
+    threads: int = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     small_feature_map: bool = typer.Option(
         False, "--small-feature-map", help="checkpoint trained without the large feature map (e.g. OpenImages)"
     ),
@@ -229,6 +257,7 @@ def localize(
     from ..outputs import output_dir
     from ..preprocessing import expand_image_paths
     from ..progress import progress_bar
+    from ..runtime.base import run_input_size
     from ..runtime.open import open_model
 
     output_dir(out, "--out")
@@ -237,13 +266,14 @@ def localize(
     threshold = 0.5 if threshold is None else threshold
     if not 0 <= threshold <= 1:
         raise BagcamsError(f"--threshold must be in [0, 1], got {threshold}")
-    paths = expand_image_paths(inputs)
+    paths = expand_image_paths(inputs, on_note=print_note)  # skips an earlier run's overlays, with a note
     check_images(paths)  # before the model loads (localize_images checks again, for library callers)
     b = open_model(model, backend, None, method, target_layer, threads,
-                   large_feature_map=False if small_feature_map else None)  # fmt: skip
+                   large_feature_map=False if small_feature_map else None, checkpoint_option=None)  # fmt: skip
     print_load_notes(b)
+    run_input_size(b.spec, input_size, str(model))  # refused before the progress bar is drawn
     with b, progress_bar(len(paths), "localizing") as advance:
         records = localize_images(
-            b, paths, out, None if auto else threshold, multi_contour, class_id, batch_size, advance
+            b, paths, out, None if auto else threshold, multi_contour, class_id, batch_size, advance, input_size
         )
-    typer.echo(f"wrote {len(records)} overlays and maps, and {out / 'boxes.json'}")
+    typer.echo(f"wrote {plural(len(records), 'overlay')} and {plural(len(records), 'map')}, and {out / 'boxes.json'}")

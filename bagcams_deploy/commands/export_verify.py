@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..errors import BagcamsError
 from ..methods.names import METHODS
+from .core import ARCH_HELP, NUM_CLASSES_HELP, TARGET_LAYER_DEFAULT, TARGET_LAYER_HELP, THREADS_HELP
 
 
 def register(app: typer.Typer) -> None:
@@ -21,14 +22,14 @@ def register(app: typer.Typer) -> None:
 
 def export(
     checkpoint: Path = typer.Argument(..., help="DA-WSOL checkpoint or state dict"),
-    output: Path = typer.Option(..., "--output", "-o", help="the .onnx file to write"),
+    output: Path = typer.Option(..., "--output", "-o", "--out", help="the .onnx file to write"),
     method: str = typer.Option("bagcams", "--method", help="|".join(METHODS)),
-    target_layer: str = typer.Option(None, "--target-layer", help="default: layer3 (ResNet), SPG_A3_1b (Inception)"),
-    arch: str = typer.Option(None, "--arch", help="architecture (inferred when omitted)"),
-    num_classes: int = typer.Option(None, "--num-classes", help="classes (inferred when omitted)"),
+    target_layer: str = typer.Option(None, "--target-layer", help=TARGET_LAYER_HELP, show_default=TARGET_LAYER_DEFAULT),
+    arch: str = typer.Option(None, "--arch", help=ARCH_HELP),
+    num_classes: int = typer.Option(None, "--num-classes", help=NUM_CLASSES_HELP),
     input_size: int = typer.Option(224, "--input-size", min=1, max=4096, help="H = W of the graph's input"),
     no_cam: bool = typer.Option(False, "--no-cam", help="leave the in-graph map out (features/gradients only)"),
-    opset: int = typer.Option(None, "--opset", help="ONNX opset, 17 or newer (default 18; bf16: 22)"),
+    opset: int = typer.Option(None, "--opset", help="ONNX opset, 17 or newer", show_default="18; 22 for bf16"),
     dynamic_size: bool = typer.Option(False, "--dynamic-size", help="leave H and W dynamic"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | bf16 (mixed-precision graph)"),
     gradient_scale: float = typer.Option(None, "--gradient-scale", help="scale of the gradients output (fp16: auto)"),
@@ -37,6 +38,7 @@ def export(
     ),
 ) -> None:
     """Export the analytic CAM graph: logits, features, exact gradients and the map, for every input."""
+    from ..export.contract import check_graph_name
     from ..export.onnx_export import export_onnx
     from ..models import load_model
     from ..outputs import output_file
@@ -45,6 +47,7 @@ def export(
         raise BagcamsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     output_file(output, "--output", {"the checkpoint": checkpoint})
     model = load_model(checkpoint, arch, num_classes, large_feature_map=False if small_feature_map else None)
+    check_graph_name(output, "--output")  # after a missing checkpoint (the first thing to fix), before the export
     model.check_layer_for(method, target_layer)
     kwargs = {}
     if precision != "fp32":
@@ -82,7 +85,10 @@ def verify(
         False, "--fp64-reference", help="reference in float64 (ground truth where float32 rounding flips a mask)"
     ),
     seed: int = typer.Option(None, "--seed", min=0, help="fix the random images (default: fresh each run)"),
-    threads: int = typer.Option(None, "--threads", min=1),
+    input_size: int = typer.Option(
+        None, "--input-size", min=1, max=4096, help="H = W, only for graphs exported with --dynamic-size (default 224)"
+    ),
+    threads: int = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     report: Path = typer.Option(None, "--report", help="write the JSON report here"),
     pearson: float = typer.Option(None, "--min-pearson", help="per-image map Pearson bar"),
     iou50: float = typer.Option(None, "--min-iou", help="per-image IoU of 0.5-thresholded maps"),
@@ -98,11 +104,13 @@ def verify(
     from ..outputs import output_file
     from ..preprocessing import expand_image_paths
     from ..runtime import create_backend
+    from ..runtime.base import run_input_size
     from ..runtime.open import PLAN_SUFFIXES, load_checkpoint_for, read_model_info
     from ..runtime.registry import GRAPH_BACKENDS, check_model_kind, default_backend
     from ..verify import Tolerances, check_checkpoint_matches, judged_precision, verify_backend
+    from .core import print_note
 
-    paths = expand_image_paths([images]) if images else None  # found (and checked) before anything runs
+    paths = expand_image_paths([images], on_note=print_note) if images else None  # found before anything runs
     inputs = {"the model": model_path, "the checkpoint": checkpoint, **{f"the image {p}": p for p in paths or []}}
     output_file(report, "--report", inputs)
     is_plan = str(model_path).lower().endswith(PLAN_SUFFIXES)
@@ -114,6 +122,7 @@ def verify(
     if name in GRAPH_BACKENDS:
         check_model_kind(name, model_path)
     info = read_model_info(model_path)
+    run_input_size(info, input_size, str(model_path))  # refused before the checkpoint loads
     model = load_checkpoint_for(checkpoint, info)
     check_checkpoint_matches(info, model)
     if bars is not None and bars not in BAR_PRESETS:
@@ -133,7 +142,8 @@ def verify(
             setattr(tol, name, value)
             overridden.append(f"{flag} {value:g}")
     with b:
-        rep = verify_backend(b, model, str(model_path), paths, num_random, seed, tol, fp64_reference=fp64_reference)
+        rep = verify_backend(b, model, str(model_path), paths, num_random, seed, tol, fp64_reference=fp64_reference,
+                             input_size=input_size)  # fmt: skip
     rep.bars = f"{preset} preset" + (" (--bars)" if bars else "") + "".join(f", {o}" for o in overridden)
     _render(rep)
     if report:

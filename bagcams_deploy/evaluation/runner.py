@@ -18,7 +18,7 @@ from ..checks import NonFiniteOutputError, name_non_finite
 from ..errors import BagcamsError
 from ..outputs import output_dir
 from ..preprocessing import preprocess
-from ..runtime.base import Backend, score_maps
+from ..runtime.base import Backend, run_input_size, score_maps
 from .box_metrics import BoxEvaluator, BoxMetrics, box_metric_name
 from .boxes import RESIZE_LENGTH
 from .mask_metrics import MaskEvaluator, MaskMetrics
@@ -191,10 +191,14 @@ def evaluate_backend(
     limit: int | None = None,
     on_batch: Callable[[int], None] | None = None,
     extra_backends: list[tuple[Backend, Scorer]] | None = None,
+    input_size: int | tuple[int, int] | None = None,
 ) -> EvaluationResult:
     """Run ``backend`` over the split (GT class per image) and score; ``extra_backends`` (e.g. the
     reference for ``--compare-reference``) see exactly the same images and class ids; each one's
-    scorer records its own time (``scorer.seconds``: shared decoding plus its inference and scoring)."""
+    scorer records its own time (``scorer.seconds``: shared decoding plus its inference and scoring).
+    ``input_size`` (an int is H = W) is for dynamic-size graphs (default 224x224; maps are scored at
+    224x224 whatever the size); a fixed-size graph refuses any but its own
+    (:func:`~bagcams_deploy.runtime.base.run_input_size`)."""
     import time
 
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -203,7 +207,7 @@ def evaluate_backend(
         raise BagcamsError(f"limit must be a positive integer (or None for all), got {limit!r}")
     output_dir(Path(save_maps) if save_maps else None, "save_maps")
     spec = backend.spec
-    size = spec.input_size or (RESIZE_LENGTH, RESIZE_LENGTH)
+    size, _ = run_input_size(spec, input_size, getattr(backend, "path", None) or backend.name)
     ids = scorer.meta.image_ids[:limit] if limit else scorer.meta.image_ids
     out_dir = Path(save_maps) if save_maps else None
     runs = [(backend, scorer), *(extra_backends or [])]

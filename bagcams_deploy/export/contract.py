@@ -17,6 +17,7 @@ from ..methods.names import METHODS
 
 GRAPH_PRECISIONS = ("fp32", "fp16", "bf16")
 
+GRAPH_SUFFIX = ".onnx"  # how every command tells a graph from a plan or a checkpoint
 INPUT_NAMES = ("image", "class_id")
 REQUIRED_OUTPUTS = ("logits", "class_id_used", "features")
 PRODUCER = "bagcams-deploy"
@@ -127,6 +128,42 @@ def _flag(text: str | None, key: str, path: str) -> bool | None:
     return text == "true"
 
 
+def check_graph_name(path: str | Path, flag: str = "output") -> None:
+    """Refuse to write a graph under another suffix than ``.onnx``: every later command tells a graph
+    from a plan or a checkpoint by its suffix, so the export would succeed and each use of it fail."""
+    if not str(path).lower().endswith(GRAPH_SUFFIX):
+        raise BagcamsError(
+            f"{flag} {path}: name the graph *{GRAPH_SUFFIX} (the suffix every command opens as an ONNX graph)"
+        )
+
+
+def looks_like_checkpoint(path: Path) -> bool:
+    """Whether a file is what ``torch.save`` writes (a zip holding ``data.pkl``, or a bare pickle):
+    read from its bytes, so a graph backend can say so without importing torch."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith("data.pkl") for name in archive.namelist())
+        with path.open("rb") as f:
+            head = f.read(2)
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5  # pickle PROTO opcode, protocols 2-5
+
+
+def _not_onnx(path: Path, detail: str) -> BagcamsError:
+    """The error for a file that is no ONNX graph; a checkpoint given in the graph's place is named as
+    such, since protobuf's own complaint ("Wire format was corrupt") does not say what went wrong."""
+    if looks_like_checkpoint(path):
+        return BagcamsError(
+            f"{path} is not an ONNX model but a PyTorch checkpoint: give it as --checkpoint, and as the model "
+            "the graph exported from it (bagcams-deploy export)"
+        )
+    return BagcamsError(f"{path} is not an ONNX model ({detail})")
+
+
 def read_graph_info(path: str | Path) -> GraphInfo:
     """Open an ONNX file and check it is one of ours; a clear error says what is missing."""
     import onnx
@@ -136,10 +173,12 @@ def read_graph_info(path: str | Path) -> GraphInfo:
         raise BagcamsError(f"ONNX model not found: {path}")
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
+    except OSError as exc:
         raise BagcamsError(f"{path} is not an ONNX model ({str(exc).splitlines()[0][:120]})") from None
+    except Exception:  # protobuf's DecodeError and kin
+        raise _not_onnx(path, "it does not parse as one") from None
     if not model.graph.node:
-        raise BagcamsError(f"{path} is not an ONNX model (no graph nodes)")
+        raise _not_onnx(path, "no graph nodes")
     inputs = tuple(i.name for i in model.graph.input)
     outputs = tuple(o.name for o in model.graph.output)
     missing_in = [n for n in INPUT_NAMES if n not in inputs]

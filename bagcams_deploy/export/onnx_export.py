@@ -18,7 +18,7 @@ from ..models.wsol import WSOLModel, require_wsol_model
 from ..preprocessing import MEAN, STD
 from ..reference.cams import check_images
 from .analytic import AnalyticCAM, calibrate_gradient_scale
-from .contract import INPUT_NAMES, metadata_props
+from .contract import INPUT_NAMES, check_graph_name, metadata_props
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 18
@@ -143,6 +143,7 @@ def export_onnx(
 
     require_wsol_model(model)
     output_file(Path(output), "output")
+    check_graph_name(output)
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int | np.integer)):
         raise BagcamsError(f"opset must be an integer, got {opset!r}")
     if opset is None:  # the default: 18, or the first opset whose convolutions take bfloat16

@@ -51,6 +51,43 @@ class BackendSpec:
     class_names: tuple[str, ...] | None = None
 
 
+DEFAULT_INPUT_SIZE = (224, 224)  # what a dynamic-size graph is fed unless told otherwise
+
+
+def run_input_size(model: object, input_size: int | tuple[int, int] | None, name: str) -> tuple[tuple[int, int], str]:
+    """(H, W) to feed ``model`` and where it came from: the one rule of ``bench``, ``localize``,
+    ``verify`` and ``evaluate``, so they never disagree on what ``--input-size`` means.
+
+    ``model`` is a :class:`BackendSpec` or a graph's ``GraphInfo`` (anything with ``input_size`` and
+    ``architecture``). A fixed-size graph runs only at its own size, so any other ``input_size`` is
+    refused (silently resizing would answer a question nobody asked); a dynamic-size graph, or a
+    checkpoint's torch backend, takes ``input_size`` (an int is H = W), 224x224 by default, but
+    not below the architecture's minimum. ``name`` (the model's path) goes into the messages."""
+    pair = (input_size, input_size) if isinstance(input_size, int | np.integer) else input_size
+    ok = pair is None or (
+        isinstance(pair, tuple | list)
+        and len(pair) == 2
+        and all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1 for v in pair)
+    )
+    if not ok:
+        raise BagcamsError(f"--input-size must be a positive integer (or an (H, W) pair of them), got {input_size!r}")
+    asked = None if pair is None else (int(pair[0]), int(pair[1]))
+    fixed = getattr(model, "input_size", None)
+    if fixed is not None:
+        if asked is not None and asked != tuple(fixed):
+            h, w = fixed
+            raise BagcamsError(
+                f"{name} takes {h}x{w} images; --input-size is only for graphs exported with --dynamic-size"
+            )
+        return (int(fixed[0]), int(fixed[1])), "the graph's"
+    size, source = (asked, "--input-size") if asked else (DEFAULT_INPUT_SIZE, "default for a dynamic-size graph")
+    architecture = getattr(model, "architecture", None)
+    least = MIN_INPUT_SIZE.get(architecture, 1)
+    if min(size) < least:
+        raise BagcamsError(f"--input-size {size[0]}: {architecture} takes inputs of {least}x{least} or more")
+    return size, source
+
+
 class Backend(ABC):
     """Runs a batch of normalised images (+ optional class ids) and returns named numpy outputs."""
 

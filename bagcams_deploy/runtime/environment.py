@@ -13,7 +13,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 
-from ..errors import BagcamsError
+from ..errors import OPENVINO_HINT, BagcamsError
 from .ort_backend import PROVIDERS
 from .registry import GRAPH_BACKENDS, MODEL_BACKENDS
 
@@ -106,7 +106,7 @@ def backend_statuses() -> list[BackendStatus]:
             version = f"onnxruntime {ort_v}"
         elif name == "ov-cpu":
             if ov_v is None:
-                missing.append("openvino not installed (pip install 'bagcams-deploy[openvino]')")
+                missing.append(f"openvino not installed ({OPENVINO_HINT})")
             version = f"openvino {ov_v}"
         else:  # tensorrt*
             from .tensorrt_build import tensorrt_release

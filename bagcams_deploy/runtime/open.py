@@ -10,6 +10,7 @@ from ..export.contract import GraphInfo, read_graph_info
 from .base import Backend
 from .registry import (
     GRAPH_BACKENDS,
+    MODEL_BACKENDS,
     PLAN_SUFFIXES,
     check_graph_computes,
     check_model_kind,
@@ -53,11 +54,16 @@ def open_model(
     exact: bool = False,
     device: str = "cpu",
     large_feature_map: bool | None = None,
+    checkpoint_option: str | None = "--checkpoint",
 ) -> Backend:
     """``.onnx`` -> a graph backend (default: :func:`default_backend`); ``.plan`` -> TensorRT; a
     checkpoint -> the PyTorch reference (or ``torch-analytic``) for ``method`` (default bagcams) at
     ``target_layer``. A graph or plan computes one method at one layer, fixed at export: asking it for
-    another is an error rather than a map of something else."""
+    another is an error rather than a map of something else.
+
+    A torch backend on a graph runs ``checkpoint`` as the graph records it. ``checkpoint_option`` is
+    how the caller takes that checkpoint (None: it takes none), so the error for a missing one names
+    what this command accepts rather than an option it does not have."""
     from ..models import load_model
 
     if not isinstance(model, str | os.PathLike):
@@ -76,9 +82,11 @@ def open_model(
         if large_feature_map is not None and recorded is not None and recorded != large_feature_map:
             size = "large" if recorded else "small"
             raise BagcamsError(f"{path} was exported from a {size}-feature-map model; the option contradicts it")
-        if suffix != ".onnx":
-            return create_backend(name, graph=path, threads=threads)
-        torch_model = load_checkpoint_for(checkpoint, info) if name.startswith("torch") and checkpoint else None
+        torch_model = None
+        if name in MODEL_BACKENDS:
+            if checkpoint is None:
+                raise BagcamsError(_checkpoint_needed(name, path, checkpoint_option))
+            torch_model = load_checkpoint_for(checkpoint, info)
         return create_backend(name, graph=path, model=torch_model, threads=threads, exact=exact, device=device)
     if suffix in CHECKPOINT_SUFFIXES or path.name.endswith(".pth.tar"):
         name = backend or "torch-reference"
@@ -92,3 +100,11 @@ def open_model(
     raise BagcamsError(
         f"cannot tell what {path} is: expected .onnx, .plan or a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})"
     )
+
+
+def _checkpoint_needed(backend: str, graph: Path, checkpoint_option: str | None) -> str:
+    """Why a torch backend cannot run on ``graph`` alone, and how this caller can give the checkpoint."""
+    head = f"backend {backend} runs the PyTorch model, which {graph} does not hold"
+    if checkpoint_option is None:
+        return f"{head}: pass the checkpoint it was exported from as --model"
+    return f"{head}: give the checkpoint it was exported from ({checkpoint_option} CKPT), or pass it as --model"

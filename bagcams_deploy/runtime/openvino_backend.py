@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BagcamsError, require
+from ..errors import OPENVINO_HINT, BagcamsError, require
 from ..export.contract import class_names_of, read_graph_info
 from .base import Backend, BackendSpec, Timer
 from .ort_backend import spec_from_graph
@@ -64,7 +64,7 @@ class OpenVINOBackend(Backend):
                 "its maps miss the reduced-precision bars: export --precision fp16 or fp32 for the CPU"
             )
         self._spec = spec_from_graph(self.info, class_names_of(path))
-        self._ov = require("openvino", "the ov-cpu backend", "pip install openvino")
+        self._ov = require("openvino", "the ov-cpu backend", OPENVINO_HINT)
         self.compiled: Any = None
         self.request: Any = None
 

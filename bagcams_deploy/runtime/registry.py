@@ -133,7 +133,7 @@ def create_backend(
         return _graph_backend(name, str(graph), threads, exact, method, target_layer)
     if name in MODEL_BACKENDS:
         if model is None:
-            raise BagcamsError(f"backend {name} needs the PyTorch checkpoint (--checkpoint)")
+            raise BagcamsError(f"backend {name} needs the PyTorch model: pass model= (models.load_model(checkpoint))")
         import torch
 
         from ..models.wsol import WSOLModel

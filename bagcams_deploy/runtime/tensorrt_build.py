@@ -177,9 +177,9 @@ def current_system() -> SystemInfo:
     :func:`~bagcams_deploy.kernels.cuda_context.cuda_device`, the one the backend's context uses."""
     from ..kernels.cuda_context import cuda_device
 
-    trt = require("tensorrt", "TensorRT engines", _TRT_HINT)
-    drv = require("pycuda.driver", "TensorRT engines", _PYCUDA_HINT)
-    dev = cuda_device(drv, "TensorRT engines")  # the device the backend will run on
+    trt = require("tensorrt", "a TensorRT engine", _TRT_HINT)  # "a TensorRT engine needs 'tensorrt'"
+    drv = require("pycuda.driver", "a TensorRT engine", _PYCUDA_HINT)
+    dev = cuda_device(drv, "TensorRT")  # the device the backend will run on
     try:
         tensorrt_release(str(trt.__version__))
         return SystemInfo(str(trt.__version__), dev.name(), tuple(dev.compute_capability()))
