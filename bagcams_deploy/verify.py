@@ -122,6 +122,19 @@ class VerifyReport:
         """Whether some logits/features comparison is NaN or infinite (e.g. half-precision overflow)."""
         return any(not np.isfinite(v) for i in self.images for v in (i.logits_rel_l2, i.features_rel_l2))
 
+    def only_maps_fail(self) -> bool:
+        """Whether every failure is the map's while logits, features, class and gradients all pass:
+        then the graph computed the reference's network and gradient, and the map formula amplified a
+        rounding difference (GradCAM++'s near-cancelling alpha denominator), not a wrong export."""
+        failing = [i for i in self.images if i.failures]
+        upstream = ("class_id_used", "logits", "features", "gradients")
+        return (
+            bool(failing)
+            and not self.frozen_gradient
+            and len(self.failures) == sum(len(i.failures) for i in failing)
+            and all(not f.startswith(upstream) for i in failing for f in i.failures)
+        )
+
     def worst(self) -> dict[str, float | int]:
         """The worst image on each measure (what accuracy tables report)."""
         imgs = self.images

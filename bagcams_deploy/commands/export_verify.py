@@ -166,6 +166,15 @@ def verify(
                 f"{checkpoint} the checkpoint {model_path} was exported from?",
                 err=True,
             )
+        elif rep.only_maps_fail() and rep.method in ("gradcampp", "pcs"):
+            worst = rep.worst()["worst_gradient_rel_l2"]
+            typer.echo(
+                f"hint: logits, features and gradients pass (worst gradient rel L2 {worst:.1e}); only the "
+                f"{rep.method} map differs: its formula amplifies rounding where it nearly cancels (README, "
+                "'Numerics, honestly'). Where that layer is what you deploy, judge the map with looser "
+                "--max-pixels-off / --min-pearson / --min-iou",
+                err=True,
+            )
         elif not fp64_reference:
             typer.echo(
                 "hint: the float32 reference can itself be off where its rounding flips a ReLU mask "
