@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from ..errors import BagcamsError
 from ..methods.aggregation import GRADIENT_METHODS, cam_raw, gradient_map, upsample_normalize
-from ..models.wsol import WSOLModel, require_wsol_model
-from ..reference.cams import check_method
+from ..models.wsol import WSOLModel
+from ..reference.cams import resolve_target
 from .contract import GRAPH_PRECISIONS
 from .rules import rule_for
 
@@ -27,6 +27,12 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 PRECISIONS: dict[str, torch.dtype] = dict(zip(GRAPH_PRECISIONS, _DTYPES, strict=True))
 OUTPUT_NAMES_GRADIENT = ("logits", "class_id_used", "features", "gradients", "cam")
 OUTPUT_NAMES_CAM = ("logits", "class_id_used", "features", "cam")
+
+
+def output_names_for(method: str, with_cam: bool = True) -> tuple[str, ...]:
+    """The contract's outputs, in order, of a graph of ``method`` (``cam`` last unless left out)."""
+    names = OUTPUT_NAMES_GRADIENT if method in GRADIENT_METHODS else OUTPUT_NAMES_CAM
+    return names if with_cam else names[:-1]
 
 
 class AnalyticCAM(nn.Module):
@@ -53,19 +59,14 @@ class AnalyticCAM(nn.Module):
         precision: str = "fp32",
     ):
         super().__init__()
-        check_method(method)
         if precision not in PRECISIONS:
             raise BagcamsError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-        require_wsol_model(model).check_layer_for(method, target_layer)
+        method, layer = resolve_target(model, method, target_layer)
         # A snapshot, in eval mode and float32 (the contract's type; a half model widens exactly): the
         # caller's model keeps its training flags, device and BatchNorm statistics whatever happens to
         # it or to this module later (``.train()`` on a shared module would run BatchNorm on batch
         # statistics and overwrite its running ones). The torch-analytic backend rebuilds on weight changes.
         model = copy.deepcopy(model).float().eval()
-        if method == "cam":
-            layer = model.spec.target_layers[-1]
-        else:
-            layer = model.check_target_layer(target_layer or model.spec.default_target_layer)
         if not 0 < gradient_scale < float("inf"):
             raise BagcamsError(f"gradient_scale must be a finite positive number, got {gradient_scale}")
         names = list(model.stage_names)
@@ -95,8 +96,7 @@ class AnalyticCAM(nn.Module):
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        names = OUTPUT_NAMES_GRADIENT if self.method in GRADIENT_METHODS else OUTPUT_NAMES_CAM
-        return names if self.with_cam else names[:-1]
+        return output_names_for(self.method, self.with_cam)
 
     def forward(self, image: Tensor, class_id: Tensor) -> tuple[Tensor, ...]:
         x = image if image.dtype == self.compute_dtype else image.to(self.compute_dtype)

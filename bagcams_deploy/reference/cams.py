@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..checks import check_finite_outputs
 from ..errors import BagcamsError
 from ..methods.aggregation import GRADIENT_METHODS, METHODS, cam_raw, gradient_map, upsample_normalize
-from ..models.wsol import WSOLModel
+from ..models.wsol import WSOLModel, require_wsol_model
 
 
 class GuidedReLUFunction(torch.autograd.Function):
@@ -82,6 +82,17 @@ def check_method(method: str) -> str:
     if method not in METHODS:
         raise BagcamsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     return method
+
+
+def resolve_target(model: WSOLModel, method: str, target_layer: str | None) -> tuple[str, str]:
+    """(method, target layer) a map of ``model`` will use, or a clear error: the default layer when
+    none is named, and CAM's only layer (the classifier's input). Checked without copying the model,
+    so a backend can validate its request before building anything."""
+    check_method(method)
+    require_wsol_model(model).check_layer_for(method, target_layer)
+    if method == "cam":
+        return method, model.spec.target_layers[-1]
+    return method, model.check_target_layer(target_layer or model.spec.default_target_layer)
 
 
 def resolve_class_ids(logits: Tensor, class_ids: Tensor | Sequence[int] | int | None) -> Tensor:
@@ -165,12 +176,10 @@ def compute_cams(
     CAM always uses the last layer. ``published_autograd`` makes parameters require gradients and
     runs ``backward()`` as the published code does (slower; used to benchmark that baseline).
     """
-    check_method(method)
-    model.check_layer_for(method, target_layer)
+    method, layer = resolve_target(model, method, target_layer)
     images = check_images(model, images)
     size = (int(images.shape[2]), int(images.shape[3]))
     if method == "cam":
-        layer = model.spec.target_layers[-1]
         with _model_lock(model), _evaluating(model), torch.no_grad():
             features, logits = model.features_and_logits(images, layer)
             ids = resolve_class_ids(logits, class_ids)
@@ -181,7 +190,6 @@ def compute_cams(
             check_finite_outputs("torch-reference", {"logits": logits, "features": features})
         return CAMResult(method, layer, logits, ids, features, None, maps)
 
-    layer = model.check_target_layer(target_layer or model.spec.default_target_layer)
     assert method in GRADIENT_METHODS
     with _model_lock(model), _evaluating(model):
         logits, ids, features, gradients = _gradient_pass(model, images, method, layer, class_ids, published_autograd)

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from ..errors import BagcamsError
-from ..export.analytic import AnalyticCAM
+from ..export.analytic import AnalyticCAM, output_names_for
 from ..models.wsol import WSOLModel
 from ..preprocessing import MEAN, STD
-from ..reference.cams import compute_cams
+from ..reference.cams import compute_cams, resolve_target
 from .base import Backend, BackendSpec, Timer
 
 
@@ -31,16 +31,16 @@ class _TorchBackend(Backend):
         super().__init__()
         self.model = model  # its training flags stay the caller's: every pass runs in eval mode
         self.device = torch_device(device)
-        probe = AnalyticCAM(model, method, target_layer)  # validates model, method and layer once
+        method, layer = resolve_target(model, method, target_layer)  # no copy of the model just to check
         self._spec = BackendSpec(
-            method=probe.method,
-            target_layer=probe.target_layer,
+            method=method,
+            target_layer=layer,
             architecture=model.architecture,
             num_classes=model.num_classes,
             input_size=input_size,
             mean=MEAN,
             std=STD,
-            outputs=probe.output_names,
+            outputs=output_names_for(method),
             class_names=model.class_names,
         )
 
