@@ -39,3 +39,13 @@ def check_finite_outputs(name: str, outputs: dict) -> None:
         if v.dtype.kind == "f" and not np.isfinite(v).all():
             bad = np.nonzero(~np.isfinite(v.reshape(len(v), -1)).all(axis=1))[0].tolist()
             raise NonFiniteOutputError(name, key, bad)
+
+
+def check_class_id_shape(shape: tuple[int, ...], n: int, who: str = "") -> None:
+    """One rule for class ids everywhere (backends, the reference, AnalyticCAM): one per image or one
+    for all, in any shape with at most one axis longer than 1, so a label column ``[N, 1]`` works while
+    ``[[1, 2], [3, 4]]`` for 4 images, a guess at an order, is refused."""
+    size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if sum(d > 1 for d in shape) > 1 or size not in (1, n):
+        prefix = f"{who}: " if who else ""
+        raise BagcamsError(f"{prefix}class ids must be one per image ({n}) or one for all, got shape {tuple(shape)}")

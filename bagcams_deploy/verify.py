@@ -8,11 +8,11 @@ much, and whether boxes change, instead of a single pass/fail bit; tolerances de
 
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
 from .errors import BagcamsError
 from .export.contract import GraphInfo, read_graph_info
@@ -329,10 +329,10 @@ def verify_backend(
 
     device = getattr(getattr(backend, "device", None), "type", "cpu")
     if fp64_reference:
-        model = copy.deepcopy(model).cpu().double()  # never the backend's own model, which stays float32
+        model = model.snapshot(torch.float64, "cpu")  # never the backend's own model, which stays float32
     elif getattr(backend, "model", None) is model and device != "cpu":
-        # a torch backend on a GPU holds this very model there; the CPU reference must not move it back
-        model = copy.deepcopy(model).cpu()
+        # torch-reference on a GPU holds this very model there; the CPU reference must not move it back
+        model = model.snapshot(torch.float32, "cpu")
     reference = TorchReferenceBackend(model, spec.method, spec.target_layer, input_size=spec.input_size,
                                       published_autograd=False)  # fmt: skip
     reports: list[ImageReport] = []

@@ -255,7 +255,9 @@ def test_bad_graphs_and_inputs_get_clear_errors(graphs, models, tmp_path):
             b.infer(np.zeros((3, 64, 64), np.float32))
         with pytest.raises(BagcamsError, match="class id 7 out of range: the model has 7 classes"):
             b.infer(np.zeros((1, 3, 64, 64), np.float32), np.array([7]))
-        with pytest.raises(BagcamsError, match="2 class ids for 1 images"):
+        with pytest.raises(
+            BagcamsError, match=r"class ids must be one per image \(1\) or one for all, got shape \(2,\)"
+        ):
             b.infer(np.zeros((1, 3, 64, 64), np.float32), np.array([1, 2]))
     with pytest.raises(BagcamsError, match="opset 13 is too old"):
         export_onnx(models["resnet18"], tmp_path / "old.onnx", opset=13)

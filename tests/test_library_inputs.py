@@ -161,17 +161,29 @@ def test_a_mask_of_0_and_255_is_told_that_255_means_ignore():
 
 
 # --- 4: class ids are one per image --------------------------------------------------------------------
-def test_class_ids_of_another_shape_are_refused_not_flattened(setup):
+def test_class_ids_one_per_image_in_any_single_axis_shape_else_refused(setup):
+    """A label column [N, 1] or row [1, N] is one id per image; [[1, 2], [3, 4]] for 4 images is a
+    guess at an order and refused; the same rule in the backends, compute_cams and AnalyticCAM.run."""
+    from bagcams_deploy.export.analytic import AnalyticCAM
+    from bagcams_deploy.reference import compute_cams
+
     b = create_backend("ort-cpu", graph=setup["graph"])
     x = random_images(4, (SIZE, SIZE), seed=1)
-    for ids in ([[1, 2], [3, 4]], np.array([[1], [2], [3], [4]]), torch.tensor([[1, 2, 3, 4]])):
-        with pytest.raises(BagcamsError, match=r"class ids must be one per image, shape \(4,\)"):
-            b.infer(x, ids)
-    with pytest.raises(BagcamsError, match="got shape"):
-        b.infer(x[:1], [[2]])
-    assert np.array_equal(b.infer(x, [1, 2, 3, 4])["class_id_used"], [1, 2, 3, 4])
-    for one in (2, [2], np.int64(2)):  # one id for every image, as documented
-        assert np.array_equal(b.infer(x, one)["class_id_used"], [2, 2, 2, 2])
+    model = load_model(setup["ckpt"])
+    net = AnalyticCAM(model, "bagcams")
+    runs = {
+        "backend": lambda ids: b.infer(x, ids)["class_id_used"],
+        "compute_cams": lambda ids: compute_cams(model, torch.from_numpy(x), "bagcams", class_ids=ids).class_ids,
+        "AnalyticCAM.run": lambda ids: net.run(torch.from_numpy(x), torch.as_tensor(ids))["class_id_used"],
+    }
+    for name, run in runs.items():
+        for ids in ([[1, 2], [3, 4]], [[1, 2, 3]], np.zeros((2, 2, 1), np.int64)):
+            with pytest.raises(BagcamsError, match=r"class ids must be one per image \(4\) or one for all, got shape"):
+                run(ids)
+        for ids in ([1, 2, 3, 4], np.array([[1], [2], [3], [4]]), torch.tensor([[1, 2, 3, 4]])):
+            assert np.array_equal(np.asarray(run(ids)), [1, 2, 3, 4]), name
+        for one in (2, [2], np.int64(2), [[2]]):  # one id for every image, as documented
+            assert np.array_equal(np.asarray(run(one)), [2, 2, 2, 2]), name
 
 
 # --- 5: pixels are not normalised values ------------------------------------------------------------------

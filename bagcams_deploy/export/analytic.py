@@ -8,13 +8,13 @@ is the ``torch-analytic`` backend and, traced, the exported ONNX graph.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_class_id_shape
 from ..errors import BagcamsError
 from ..methods.aggregation import GRADIENT_METHODS, cam_raw, gradient_map, upsample_normalize
 from ..models.wsol import WSOLModel
@@ -66,7 +66,7 @@ class AnalyticCAM(nn.Module):
         # caller's model keeps its training flags, device and BatchNorm statistics whatever happens to
         # it or to this module later (``.train()`` on a shared module would run BatchNorm on batch
         # statistics and overwrite its running ones). The torch-analytic backend rebuilds on weight changes.
-        model = copy.deepcopy(model).float().eval()
+        model = model.snapshot(torch.float32)
         if not 0 < gradient_scale < float("inf"):
             raise BagcamsError(f"gradient_scale must be a finite positive number, got {gradient_scale}")
         names = list(model.stage_names)
@@ -162,10 +162,10 @@ class AnalyticCAM(nn.Module):
         if class_id is None:
             class_id = torch.full((n,), -1, dtype=torch.int64)
         class_id = torch.as_tensor(class_id, device=device)
-        if class_id.shape != (n,) or class_id.is_floating_point() or class_id.dtype == torch.bool:
-            raise BagcamsError(
-                f"class_id must be {n} integers (shape [{n}]), got {class_id.dtype} {tuple(class_id.shape)}"
-            )
+        if class_id.is_floating_point() or class_id.is_complex() or class_id.dtype == torch.bool:
+            raise BagcamsError(f"class ids must be integers, got {class_id.dtype}")
+        check_class_id_shape(tuple(class_id.shape), n)
+        class_id = class_id.reshape(-1).expand(n) if class_id.numel() == 1 else class_id.reshape(-1)
         if (class_id >= self.num_classes).any():
             raise BagcamsError(f"class id {int(class_id.max())} out of range: the model has {self.num_classes} classes")
         return dict(zip(self.output_names, self(image, class_id.to(torch.int64)), strict=True))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import io
 import time
 import warnings
@@ -251,7 +250,7 @@ def export_forward_onnx(model: WSOLModel, output: str | Path, input_size: tuple[
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _Forward(copy.deepcopy(model).float().eval()), example, buf, dynamo=False, opset_version=DEFAULT_OPSET,
+            _Forward(model.snapshot(torch.float32)), example, buf, dynamo=False, opset_version=DEFAULT_OPSET,
             input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "N"}, "logits": {0: "N"}},
         )  # fmt: skip
     path = Path(output)

@@ -131,6 +131,30 @@ class WSOLModel(nn.Module):
         self.classifier = CAMClassifier(self.extractor.out_channels, num_classes)
         self.eval()
 
+    def snapshot(self, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> WSOLModel:
+        """An eval-mode twin built from this model's tensors alone: it shares them where dtype and device
+        already match (no copy) but none of the modules, so the caller's training flags, hooks (and
+        whatever they hold), guided-ReLU hooks of a concurrent reference pass and later ``.train()``
+        calls never reach it. A deep copy would copy the hooks, and fails on those that hold tensors
+        of an autograd graph."""
+        with torch.device("meta"):
+            twin = WSOLModel(self.architecture, self.num_classes, self.large_feature_map, self.class_names)
+        state = {
+            k: v.to(
+                device=device if device is not None else v.device, dtype=dtype if v.is_floating_point() else v.dtype
+            )
+            for k, v in self.state_dict().items()
+        }
+        try:
+            twin.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:
+            detail = (str(exc).strip().splitlines() or ["state dict mismatch"])[-1].strip()
+            raise BagcamsError(
+                f"the model's tensors are not those of a {self.architecture} WSOLModel ({detail[:160]}): "
+                "were modules replaced after loading?"
+            ) from None
+        return twin.eval()
+
     @property
     def stage_names(self) -> tuple[str, ...]:
         return self.extractor.stage_names
@@ -154,7 +178,7 @@ class WSOLModel(nn.Module):
         last = self.spec.target_layers[-1]
         if method == "cam" and target_layer != last:
             raise BagcamsError(
-                f"method cam maps the classifier's input ({last}); --target-layer {target_layer} applies to the "
+                f"method cam maps the classifier's input ({last}); target layer {target_layer} applies to the "
                 "gradient methods only"
             )
 

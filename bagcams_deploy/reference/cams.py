@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_finite_outputs
+from ..checks import check_class_id_shape, check_finite_outputs
 from ..errors import BagcamsError
 from ..methods.aggregation import GRADIENT_METHODS, METHODS, cam_raw, gradient_map, upsample_normalize
 from ..models.wsol import WSOLModel, require_wsol_model
@@ -58,7 +58,7 @@ def guided_relu_modules(model: nn.Module, enabled: bool = True) -> Iterator[None
 
 @dataclass
 class CAMResult:
-    """Everything a method computes for a batch; arrays are detached tensors on the input's device."""
+    """Everything a method computes for a batch; arrays are detached tensors on the model's device."""
 
     method: str
     target_layer: str
@@ -104,11 +104,14 @@ def resolve_class_ids(logits: Tensor, class_ids: Tensor | Sequence[int] | int | 
     raw = torch.as_tensor(class_ids) if not isinstance(class_ids, str) else None
     if raw is None or raw.is_floating_point() or raw.is_complex() or raw.dtype == torch.bool:
         raise BagcamsError(f"class ids must be integers, got {class_ids!r}"[:120])
+    check_class_id_shape(tuple(raw.shape), n)
+    if raw.dtype in (torch.uint32, torch.uint64) and raw.numel():  # torch has no max() for these
+        top = max(raw.flatten().tolist())
+        if top > torch.iinfo(torch.int64).max:
+            raise BagcamsError(f"class id {top} out of range")  # it would wrap to a negative id: the argmax
     ids = raw.to(dtype=torch.int64, device=logits.device).flatten()
     if ids.numel() == 1 and n > 1:
         ids = ids.expand(n)
-    if ids.numel() != n:
-        raise BagcamsError(f"got {ids.numel()} class ids for {n} images")
     if (ids >= c).any():
         bad = int(ids[ids >= c][0])
         raise BagcamsError(f"class id {bad} out of range: the model has {c} classes (0..{c - 1})")
@@ -180,7 +183,9 @@ def compute_cams(
     images = check_images(model, images)
     size = (int(images.shape[2]), int(images.shape[3]))
     if method == "cam":
-        with _model_lock(model), _evaluating(model), torch.no_grad():
+        # No autograd state here: the lock only guards the training flags, and only if some must change.
+        training = any(m.training for m in model.modules())
+        with _model_lock(model) if training else contextlib.nullcontext(), _evaluating(model), torch.no_grad():
             features, logits = model.features_and_logits(images, layer)
             ids = resolve_class_ids(logits, class_ids)
             fc = model.classifier.fc

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..architectures import MIN_INPUT_SIZE
-from ..checks import check_finite_outputs
+from ..checks import check_class_id_shape, check_finite_outputs
 from ..errors import BagcamsError
 
 #: How far beyond real pixels an input value may reach, in whole pixel ranges: ``check_inputs``
@@ -217,15 +217,10 @@ class Backend(ABC):
             raise BagcamsError(f"{self.name}: class ids must be integers, got {raw.dtype} ({str(class_ids)[:40]})")
         if raw.dtype.kind == "u" and raw.size and raw.max() > np.iinfo(np.int64).max:
             raise BagcamsError(f"{self.name}: class id {int(raw.max())} out of range")
-        if raw.ndim > 1:  # [[1, 2], [3, 4]] for 4 images would be flattened into a guess
-            raise BagcamsError(
-                f"{self.name}: class ids must be one per image, shape ({n},) (or one id for all), got shape {raw.shape}"
-            )
+        check_class_id_shape(raw.shape, n, self.name)
         ids = raw.astype(np.int64).reshape(-1)
         if ids.size == 1 and n > 1:
             ids = np.repeat(ids, n)
-        if ids.size != n:
-            raise BagcamsError(f"{self.name}: {ids.size} class ids for {n} images")
         if (ids >= spec.num_classes).any():
             bad = int(ids[ids >= spec.num_classes][0])
             raise BagcamsError(

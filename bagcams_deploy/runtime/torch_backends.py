@@ -96,8 +96,10 @@ class TorchReferenceBackend(_TorchBackend):
             out = {"logits": r.logits, "class_id_used": r.class_ids, "features": r.features, "cam": r.maps}
             if r.gradients is not None:
                 out["gradients"] = r.gradients
-            # float32 as the contract says, also for a half or double model (ids stay int64)
-            result = {k: (v.float() if v.is_floating_point() else v).cpu().numpy() for k, v in out.items()}
+            # float32 as the contract says for a half or bfloat16 model; a double model (verify's
+            # --fp64-reference) keeps its float64, the ground truth it is there for
+            half = (torch.float16, torch.bfloat16)
+            result = {k: (v.float() if v.dtype in half else v).cpu().numpy() for k, v in out.items()}
             self._sync()
         self.last_inference_time = t.seconds
         return result
