@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,7 +13,15 @@ from .checks import NonFiniteOutputError, name_non_finite
 from .errors import BagcamsError
 from .evaluation.boxes import object_boxes
 from .images import check_images
-from .outputs import check_distinct_stems, output_dir, output_names, read_localize_index
+from .outputs import (
+    RECORDS,
+    check_distinct_stems,
+    finish_run_record,
+    output_dir,
+    output_names,
+    read_records_leniently,
+    read_run_record,
+)
 from .preprocessing import image_path_list, load_image, preprocess
 from .runtime.base import Backend, run_input_size, score_maps
 from .visualize import render_overlay, resize_map, save_png
@@ -50,27 +57,48 @@ def refuse_inputs_among_outputs(paths: Sequence[Path], out: Path, extra: Sequenc
             raise BagcamsError(f"{p} would be overwritten by an output of this run; write to another folder")
 
 
-def earlier_outputs(out: Path) -> set[Path]:
-    """The files an earlier ``localize`` run wrote into ``out``, as its ``boxes.json`` lists them."""
-    index = out / "boxes.json"
+def earlier_outputs(out: Path, command: str = "localize") -> set[Path]:
+    """The files an earlier ``command`` run wrote into ``out``, as its record (``boxes.json`` for
+    localize, ``cam.json`` for cam) lists them; a file of that name that is not the record is refused."""
+    index = out / RECORDS[command]
     try:
-        names = read_localize_index(out)
+        names = read_run_record(out, command)
     except OSError as exc:
         raise BagcamsError(f"cannot read {index}: {exc.strerror or exc}") from None
     except ValueError:
-        raise BagcamsError(f"{index} was not written by localize; choose another output folder") from None
+        raise BagcamsError(f"{index} was not written by {command}; choose another output folder") from None
     return {out / n for n in names or ()}
 
 
-def _check_outputs(paths: list[Path], out: Path) -> set[Path]:
-    """Refuse a run that would overwrite one of its inputs or read an earlier run's outputs as images;
-    return the earlier run's files (removed once this run succeeds, so the folder holds one run)."""
-    earlier = earlier_outputs(out)
+def check_run_outputs(paths: Sequence[Path], out: Path, command: str = "localize") -> set[Path]:
+    """Refuse a ``command`` run into ``out`` that would overwrite one of its inputs, read an earlier
+    run's outputs as images, or overwrite a file that ``command``'s own record in ``out`` does not list
+    (the user's own, or another command's outputs); return the earlier run's files (removed once this
+    run succeeds, so the folder holds one run). Shared by ``localize`` and ``cam``."""
+    record = RECORDS[command]
+    earlier = earlier_outputs(out, command)
     earlier_real = {q.resolve() for q in earlier}
     for p in paths:
-        if p.resolve() in earlier_real:
-            raise BagcamsError(f"{p} is an output of an earlier localize run in {out}; write to another folder")
-    refuse_inputs_among_outputs(paths, out, ("boxes.json",))
+        if Path(p).resolve() in earlier_real:
+            raise BagcamsError(f"{p} is an output of an earlier {command} run in {out}; write to another folder")
+    refuse_inputs_among_outputs(paths, out, (record,))
+    planned = [n for p in paths for n in output_names(Path(p))]
+    for other, listed in read_records_leniently(out).items():
+        clash = [n for n in planned if n in listed] if other != command else []
+        if clash:
+            raise BagcamsError(
+                f"{out} holds a {other} run ({RECORDS[other]}) whose files this {command} run would overwrite "
+                f"(first: {clash[0]}); use another --out"
+            )
+    own = {q.name for q in earlier}
+    for n in planned:
+        if n not in own and os.path.lexists(out / n):
+            raise BagcamsError(
+                f"{out / n} exists and no earlier {command} run's {record} in {out} lists it; this run would "
+                "overwrite it: use another --out (or move the file)"
+            )
+    if os.path.lexists(out / record) and not (out / record).is_file():
+        raise BagcamsError(f"{out / record} is not a file, and this run writes its record there; use another --out")
     return earlier
 
 
@@ -84,6 +112,7 @@ def localize_images(
     batch_size: int = 8,
     on_batch: Callable[[int], None] | None = None,
     input_size: int | tuple[int, int] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Per image: ``<stem>.npy`` (the map at the original image size), ``<stem>_overlay.png`` and a
     record (class, score, probability, boxes as :data:`BOX_FORMAT`); ``threshold=None`` = Otsu.
@@ -95,8 +124,13 @@ def localize_images(
     refuses any size but its own (:func:`~bagcams_deploy.runtime.base.run_input_size`).
 
     ``paths`` may be one file, and a folder stands for its image files as on the command line
-    (:func:`~bagcams_deploy.preprocessing.expand_image_paths`): each record names its image."""
-    paths, out = image_path_list(paths, "paths", expand_folders=True), Path(out)
+    (:func:`~bagcams_deploy.preprocessing.expand_image_paths`): each record names its image. A folder
+    skips the files an earlier run's record in it lists; ``on_note`` gets one line saying so.
+
+    Files in ``out`` that this run would overwrite must be listed by an earlier localize run's
+    ``boxes.json`` there: the user's own files and another command's (``cam.json``) are refused."""
+    paths = image_path_list(paths, "paths", expand_folders=True, on_note=on_note)
+    out = Path(out)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise BagcamsError(f"batch_size must be a positive integer, got {batch_size!r}")
     if threshold is not None:
@@ -113,7 +147,7 @@ def localize_images(
     size, _ = run_input_size(backend.spec, input_size, getattr(backend, "path", None) or backend.name)
     check_distinct_stems(paths)
     output_dir(out, "output folder")
-    earlier = _check_outputs(paths, out)
+    earlier = check_run_outputs(paths, out, "localize")
     check_images(paths)  # an unreadable image fails now, not after earlier batches were written
     spec = backend.spec
     out.mkdir(parents=True, exist_ok=True)
@@ -133,16 +167,7 @@ def localize_images(
         _localize(backend, paths, out, size, threshold, multi_contour, class_id, batch_size, on_batch, records)
         doc["complete"] = True
     finally:
-        written = {out / n for r in records for n in (r["map"], r["overlay"])}
-        leftover = sorted(p for p in earlier - written if p.exists())
-        if doc["complete"]:
-            (out / "boxes.json").write_text(json.dumps(doc, indent=2))
-            for stale in leftover:  # only now: a failed run must not cost the earlier run's results
-                stale.unlink(missing_ok=True)
-        elif records:  # partial: list what it wrote and what is left of the earlier run, for the next
-            doc["stale_outputs"] = [p.name for p in leftover]
-            (out / "boxes.json").write_text(json.dumps(doc, indent=2))
-        # else nothing was written: the earlier run's files and index stay as they were
+        finish_run_record(out, "localize", doc, earlier)
     return records
 
 

@@ -93,47 +93,83 @@ def is_output_name(name: object) -> bool:
     return (name.endswith(".npy") and len(name) > 4) or (name.endswith(OVERLAY_SUFFIX) and len(name) > 12)
 
 
-def read_localize_index(folder: Path) -> set[str] | None:
-    """The file names a ``localize`` run's ``folder/boxes.json`` lists (its maps and overlays, and an
-    interrupted run's ``stale_outputs``), only those of the shape localize writes; ``None`` when there
-    is no ``boxes.json``. Raises ``ValueError`` for a ``boxes.json`` that is not localize's and
-    ``OSError`` for one that cannot be read: the caller decides whether that is an error."""
-    index = folder / "boxes.json"
+RECORDS = {"localize": "boxes.json", "cam": "cam.json"}
+"""The record each command writes into its output folder, listing the files it wrote there. Only a
+record tells an earlier run's outputs from the user's own files of the same shape."""
+
+
+def read_run_record(folder: Path, command: str) -> set[str] | None:
+    """The file names the record ``command`` (``localize`` or ``cam``) left in ``folder`` lists (its
+    maps and overlays, and an interrupted run's ``stale_outputs``), only those of the shape the
+    commands write; ``None`` when there is no record. Raises ``ValueError`` for a file of that name
+    that is not the command's record (including JSON nested too deep to read) and ``OSError`` for one
+    that cannot be read: the caller decides whether that is an error."""
+    index = folder / RECORDS[command]
     if not index.is_file():
         return None
-    doc = json.loads(index.read_text())  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-    if not isinstance(doc, dict) or "method" not in doc or not isinstance(doc.get("images"), list):
-        raise ValueError(f"{index} is not a localize index")
+    try:
+        doc = json.loads(index.read_text())  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except RecursionError:  # "[[[[..." 200,000 deep
+        raise ValueError(f"{index} is nested too deeply to be a {command} record") from None
+    ours = isinstance(doc, dict) and isinstance(doc.get("images"), list)
+    ours = ours and ("method" in doc if command == "localize" else doc.get("command") == command)
+    if not ours:
+        raise ValueError(f"{index} is not a {command} record")
     try:
         names = list(doc.get("stale_outputs", []))
         for r in doc["images"]:
             names += [r["map"], r["overlay"]] if "map" in r else output_names(Path(r["image"]))
     except (KeyError, TypeError, AttributeError) as exc:
-        raise ValueError(f"{index} is not a localize index") from exc
+        raise ValueError(f"{index} is not a {command} record") from exc
     return {n for n in names if is_output_name(n)}
 
 
-def earlier_run_files(folder: Path, names: Collection[str]) -> tuple[set[str], set[str]]:
-    """Which of ``names`` (image files of ``folder``) an earlier ``localize`` or ``cam`` run wrote there:
-    (those the folder's localize record lists, the other ``<stem>_overlay.png`` beside a ``<stem>.npy``).
+def read_localize_index(folder: Path) -> set[str] | None:
+    """:func:`read_run_record` of ``localize`` (``folder/boxes.json``)."""
+    return read_run_record(folder, "localize")
 
-    Reading them back as images would localize the overlays (``a_overlay_overlay.png``). The second
-    test covers ``cam``, which leaves no record, and folders whose record was deleted; a ``boxes.json``
-    that is not localize's (a data set's own) or cannot be read is simply no record here."""
-    try:
-        listed = read_localize_index(folder) or set()
-    except (OSError, ValueError):
-        listed = set()
-    recorded = {n for n in names if n in listed}
-    paired = {
-        n
-        for n in names
-        if n not in recorded
-        and is_output_name(n)
-        and n.endswith(OVERLAY_SUFFIX)
-        and (folder / f"{n[: -len(OVERLAY_SUFFIX)]}.npy").is_file()
-    }
-    return recorded, paired
+
+def read_records_leniently(folder: Path) -> dict[str, set[str]]:
+    """Per command, the names its record in ``folder`` lists; a record that is not the command's (a
+    data set's own ``boxes.json``) or cannot be read, however broken, is simply no record here."""
+    found: dict[str, set[str]] = {}
+    for command in RECORDS:
+        try:
+            names = read_run_record(folder, command)
+        except (OSError, ValueError, RecursionError):
+            continue
+        if names is not None:
+            found[command] = names
+    return found
+
+
+def earlier_run_files(folder: Path, names: Collection[str]) -> dict[str, set[str]]:
+    """Which of ``names`` (image files of ``folder``) an earlier run wrote there, per command, as the
+    command's record (:data:`RECORDS`) lists them; commands that wrote none of them are left out.
+
+    Reading them back as images would localize the overlays (``a_overlay_overlay.png``). Without a
+    record nothing is skipped: a user's own ``x_overlay.png`` beside their ``x.npy`` is an image."""
+    found = {cmd: {n for n in names if n in listed} for cmd, listed in read_records_leniently(folder).items()}
+    return {cmd: hits for cmd, hits in found.items() if hits}
+
+
+def finish_run_record(out: Path, command: str, doc: dict, earlier: set[Path]) -> None:
+    """Write ``command``'s record ``doc`` (with ``complete`` and the per-image ``images``, each naming its
+    ``map`` and ``overlay``) into ``out`` at the end of a run, successful or not, so that the folder
+    holds one run: once a run succeeds, the ``earlier`` run's files it did not rewrite are removed; a
+    partial run lists what is left of the earlier one as ``stale_outputs``, for the next run to remove;
+    a run that wrote nothing leaves the earlier run's files and record as they were."""
+    written = {out / n for r in doc["images"] for n in (r["map"], r["overlay"])}
+    leftover = sorted(p for p in earlier - written if p.exists())
+    if not doc["complete"]:
+        if not doc["images"]:
+            return
+        doc["stale_outputs"] = [p.name for p in leftover]
+    with write_atomically(out / RECORDS[command]) as f:
+        f.write(json.dumps(doc, indent=2).encode())
+    if doc["complete"]:
+        for stale in leftover:  # only now: a failed run must not cost the earlier run's results
+            stale.unlink(missing_ok=True)
 
 
 def json_safe(value: object) -> object:

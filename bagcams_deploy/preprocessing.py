@@ -16,7 +16,7 @@ from PIL import Image
 
 from .errors import BagcamsError
 from .images import MIN_IMAGE_SIDE, load_image
-from .outputs import earlier_run_files
+from .outputs import RECORDS, earlier_run_files
 
 __all__ = ["MIN_IMAGE_SIDE", "load_image"]  # re-exported: the decoder lives in images.py
 
@@ -74,12 +74,16 @@ def preprocess(
 
 
 def image_path_list(
-    paths: str | os.PathLike | Iterable[str | os.PathLike], what: str = "image paths", expand_folders: bool = False
+    paths: str | os.PathLike | Iterable[str | os.PathLike],
+    what: str = "image paths",
+    expand_folders: bool = False,
+    on_note: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """One path or an iterable of them -> a list of ``Path``: a lone string is one file (iterating it
     would name a file per letter). A folder is expanded as the CLI does (:func:`expand_image_paths`:
     its visible image files, sorted) where the caller's results name each image, else refused, since
-    a bare batch would not say which row is which file. Files are kept as given (even twice)."""
+    a bare batch would not say which row is which file, and ``on_note`` gets its notes (files an
+    earlier run's record lists, skipped). Files are kept as given (even twice)."""
     items = [paths] if isinstance(paths, str | os.PathLike) else paths
     try:
         items = list(items)
@@ -93,7 +97,7 @@ def image_path_list(
         if not p.is_dir():
             out.append(p)
         elif expand_folders:
-            out.extend(expand_image_paths([p]))
+            out.extend(expand_image_paths([p], on_note=on_note))
         else:
             raise BagcamsError(
                 f"{p} is a folder (pass its image files; the CLI expands folders, as "
@@ -116,16 +120,15 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _skipped_note(folder: Path, recorded: set[str], paired: set[str]) -> str:
-    """One line naming the folder, why its files were skipped, the first few, and how to read one."""
-    names = sorted(recorded | paired)
-    shown = ", ".join(names[:3]) + (f", ... (+{len(names) - 3} more)" if len(names) > 3 else "")
-    why = [f"{len(recorded)} listed in {folder / 'boxes.json'}"] if recorded else []
-    why += [f"{len(paired)} a <stem>_overlay.png beside its <stem>.npy"] if paired else []
-    run = "localize" if not paired else "cam or localize"
+def _files(count: int) -> str:
+    return f"{count} file" + ("" if count == 1 else "s")
+
+
+def _skipped_note(folder: Path, command: str, names: set[str]) -> str:
+    """One line naming the record that lists the skipped files, the first of them, and how to read one."""
     return (
-        f"skipped {len(names)} file(s) in {folder} that an earlier {run} run wrote ({'; '.join(why)}): {shown}; "
-        "name a file on the command line to read it as an image anyway"
+        f"skipped {_files(len(names))} an earlier {command} run listed in {folder / RECORDS[command]} "
+        f"(first: {min(names)}); name a file on the command line, with another --out, to read it as an image"
     )
 
 
@@ -134,22 +137,24 @@ def expand_image_paths(inputs: Sequence[str | Path], on_note: Callable[[str], No
 
     A folder's hidden files (``.name``: macOS ``._a.jpg`` AppleDouble files, editors' temporaries) are
     skipped: they carry image suffixes without being images and would abort the run. So are the
-    overlays an earlier ``localize`` or ``cam`` run wrote into it
+    overlays an earlier ``localize`` or ``cam`` run wrote into it, as its record there lists them
     (:func:`~bagcams_deploy.outputs.earlier_run_files`), which would otherwise be localized in turn
-    (``a_overlay_overlay.png``); ``on_note`` gets one line per folder saying what was skipped. A file
-    named on its own is read like any other."""
+    (``a_overlay_overlay.png``); ``on_note`` gets one line per record saying what was skipped. Files
+    no record lists are read, whatever their names. A file named on its own is read like any other."""
     out: list[Path] = []
-    skipped = 0
+    skipped: dict[str, int] = {}
     notes: list[str] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if _is_image_name(q.name) and q.is_file())
-            recorded, paired = earlier_run_files(p, {q.name for q in found})
-            if recorded or paired:
-                found = [q for q in found if q.name not in recorded and q.name not in paired]
-                skipped += len(recorded) + len(paired)
-                notes.append(_skipped_note(p, recorded, paired))
+            for command, names in earlier_run_files(p, {q.name for q in found}).items():
+                names = names & {q.name for q in found}  # a name two records list is skipped once
+                if not names:
+                    continue
+                found = [q for q in found if q.name not in names]
+                skipped[command] = skipped.get(command, 0) + len(names)
+                notes.append(_skipped_note(p, command, names))
             out.extend(found)
         elif p.exists():
             out.append(p)
@@ -157,8 +162,9 @@ def expand_image_paths(inputs: Sequence[str | Path], on_note: Callable[[str], No
             raise BagcamsError(f"no such image file or folder: {p}")
     if not out:
         why = (
-            f" (its {skipped} image file(s) are an earlier localize or cam run's outputs, skipped; name one on "
-            "the command line to read it as an image)"
+            f" ({_files(sum(skipped.values()))} with image suffixes skipped: outputs an earlier "
+            f"{' and an earlier '.join(skipped)} run listed in its record; name one on the command line, "
+            "with another --out, to read it as an image)"
             if skipped
             else ""
         )

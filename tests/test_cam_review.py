@@ -47,7 +47,7 @@ def test_cam_rerun_into_the_image_folder_does_not_snowball(cli, checkpoints, tmp
     same = _folder(tmp_path / "same", ["a.png"])
     assert cli("cam", checkpoints["resnet18"], same / "a.png", "--out", same, "--input-size", "64").code == 0
     r = cli("cam", checkpoints["resnet18"], same, "--out", same, "--input-size", "64")  # skips a_overlay.png
-    assert r.code == 0 and "note: skipped 1 file(s)" in r.err, r.err
+    assert r.code == 0 and "note: skipped 1 file an earlier cam run listed in" in r.err, r.err
     assert not (same / "a_overlay_overlay.png").exists()
 
 
@@ -97,7 +97,7 @@ def test_hidden_files_in_folders_are_skipped(cli, checkpoints, tmp_path):
     out = tmp_path / "out"
     r = cli("cam", checkpoints["resnet18"], folder, "--out", out, "--input-size", "64")
     assert r.code == 0, r.err
-    assert sorted(p.name for p in out.iterdir()) == ["a.npy", "a_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.npy", "a_overlay.png", "cam.json"]
     # a hidden file named on its own is still read (and this one is no image)
     assert expand_image_paths([folder / "._a.jpg"]) == [folder / "._a.jpg"]
     assert_one_line_error(cli("cam", checkpoints["resnet18"], folder / "._a.jpg", "--out", out), "cannot read image")

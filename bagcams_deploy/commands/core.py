@@ -109,52 +109,74 @@ def cam(
     ),
 ) -> None:
     """PyTorch-reference maps for image files: per image an overlay PNG (class and probability) and the
-    normalised map (.npy) at --input-size."""
-    from ..outputs import check_distinct_stems, output_dir
+    normalised map (.npy) at --input-size; one cam.json listing them."""
+    from ..outputs import check_distinct_stems, finish_run_record, output_dir
 
     output_dir(out, "--out")
     from ..checks import NonFiniteOutputError, name_non_finite
     from ..images import check_images
-    from ..localize import output_names, refuse_inputs_among_outputs, softmax
+    from ..localize import check_run_outputs, output_names, softmax
     from ..models import load_model
     from ..preprocessing import expand_image_paths, load_image, preprocess
     from ..progress import progress_bar
     from ..reference import compute_cams
+    from ..reference.cams import resolve_target
     from ..visualize import render_overlay, save_png
 
     if method not in METHODS:
         raise BagcamsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    paths = expand_image_paths(images, on_note=print_note)  # skips an earlier run's overlays, with a note
+    notes: list[str] = []
+    paths = expand_image_paths(images, on_note=notes.append)  # skips an earlier run's overlays, with a note
     check_distinct_stems(paths)
-    refuse_inputs_among_outputs(paths, out)  # the rule localize follows: no input is overwritten or re-read
+    # localize's rules: no input is overwritten or re-read, no file cam.json does not list is overwritten
+    earlier = check_run_outputs(paths, out, "cam")
     check_images(paths)  # headers only: an unreadable image fails before the first file is written
+    for note in notes:  # only now: before a refusal, a note would make it two lines
+        print_note(note)
     model = load_model(checkpoint, arch, num_classes, large_feature_map=False if small_feature_map else None)
     print_load_notes(model)
-    model.check_layer_for(method, target_layer)
+    _, layer = resolve_target(model, method, target_layer)
     out.mkdir(parents=True, exist_ok=True)
     flagged = []
-    with progress_bar(len(paths), f"{method} maps") as advance:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start : start + batch_size]
-            rgbs = [load_image(p) for p in chunk]
-            x = preprocess(rgbs, (input_size, input_size))
-            ids = None if class_id is None else [class_id] * len(chunk)
-            try:
-                r = compute_cams(model, x, method, target_layer, ids)
-            except NonFiniteOutputError as exc:
-                raise name_non_finite(exc, [str(p) for p in chunk]) from None
-            for i, (p, rgb) in enumerate(zip(chunk, rgbs, strict=True)):
-                m = r.maps[i, 0].numpy()
-                c = int(r.class_ids[i])
-                map_name, overlay_name = output_names(p)
-                np.save(out / map_name, m.astype(np.float32))
-                name = model.class_names[c] if model.class_names else f"class {c}"
-                prob = float(softmax(r.logits[i].detach().cpu().numpy())[c])  # localize's label: name and probability
-                save_png(out / overlay_name, render_overlay(rgb, m, label=f"{name} {prob:.2f}"))
-                if method == "bagcams" and float(r.scores[i]) <= 0:
-                    flagged.append(p.name)
-            advance(len(chunk))
-    typer.echo(f"wrote {plural(len(paths), 'overlay')} and {plural(len(paths), 'map')} to {out}")
+    records: list[dict] = []
+    doc = {
+        "command": "cam",
+        "checkpoint": str(checkpoint),
+        "method": method,
+        "target_layer": layer,
+        "input_size": [input_size, input_size],
+        "complete": False,
+        "images": records,
+    }
+    try:
+        with progress_bar(len(paths), f"{method} maps") as advance:
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start : start + batch_size]
+                rgbs = [load_image(p) for p in chunk]
+                x = preprocess(rgbs, (input_size, input_size))
+                ids = None if class_id is None else [class_id] * len(chunk)
+                try:
+                    r = compute_cams(model, x, method, target_layer, ids)
+                except NonFiniteOutputError as exc:
+                    raise name_non_finite(exc, [str(p) for p in chunk]) from None
+                for i, (p, rgb) in enumerate(zip(chunk, rgbs, strict=True)):
+                    m = r.maps[i, 0].numpy()
+                    c = int(r.class_ids[i])
+                    map_name, overlay_name = output_names(p)
+                    np.save(out / map_name, m.astype(np.float32))
+                    name = model.class_names[c] if model.class_names else f"class {c}"
+                    prob = float(softmax(r.logits[i].detach().cpu().numpy())[c])  # localize's label
+                    save_png(out / overlay_name, render_overlay(rgb, m, label=f"{name} {prob:.2f}"))
+                    records.append({"image": str(p), "class_id": c, "class_name": name, "probability": prob,
+                                    "map": map_name, "overlay": overlay_name})  # fmt: skip
+                    if method == "bagcams" and float(r.scores[i]) <= 0:
+                        flagged.append(p.name)
+                advance(len(chunk))
+        doc["complete"] = True
+    finally:  # the record, as localize's boxes.json: a rerun replaces this run's files and reads none
+        finish_run_record(out, "cam", doc, earlier)
+    wrote = f"{plural(len(paths), 'overlay')} and {plural(len(paths), 'map')}"
+    typer.echo(f"wrote {wrote} to {out}, listed in {out / 'cam.json'}")
     if flagged:
         typer.echo(
             f"note: target logit <= 0 (log undefined; BagCAMs sign-flipped) for: {', '.join(flagged)}",

@@ -253,8 +253,8 @@ def localize(
 ) -> None:
     """Maps, boxes and pictures: per image an overlay PNG and the map (.npy); one boxes.json."""
     from ..images import check_images
-    from ..localize import localize_images
-    from ..outputs import output_dir
+    from ..localize import check_run_outputs, localize_images
+    from ..outputs import check_distinct_stems, output_dir
     from ..preprocessing import expand_image_paths
     from ..progress import progress_bar
     from ..runtime.base import run_input_size
@@ -266,14 +266,21 @@ def localize(
     threshold = 0.5 if threshold is None else threshold
     if not 0 <= threshold <= 1:
         raise BagcamsError(f"--threshold must be in [0, 1], got {threshold}")
-    paths = expand_image_paths(inputs, on_note=print_note)  # skips an earlier run's overlays, with a note
-    check_images(paths)  # before the model loads (localize_images checks again, for library callers)
+    notes: list[str] = []
+    paths = expand_image_paths(inputs, on_note=notes.append)  # skips an earlier run's overlays, with a note
+    # before the model loads (localize_images checks again, for library callers)
+    check_distinct_stems(paths)
+    check_run_outputs(paths, out, "localize")
+    check_images(paths)
+    for note in notes:  # only now: before a refusal, a note would make it two lines
+        print_note(note)
     b = open_model(model, backend, None, method, target_layer, threads,
                    large_feature_map=False if small_feature_map else None, checkpoint_option=None)  # fmt: skip
     print_load_notes(b)
     run_input_size(b.spec, input_size, str(model))  # refused before the progress bar is drawn
     with b, progress_bar(len(paths), "localizing") as advance:
         records = localize_images(
-            b, paths, out, None if auto else threshold, multi_contour, class_id, batch_size, advance, input_size
-        )
+            b, paths, out, None if auto else threshold, multi_contour, class_id, batch_size, advance, input_size,
+            on_note=print_note,
+        )  # fmt: skip
     typer.echo(f"wrote {plural(len(records), 'overlay')} and {plural(len(records), 'map')}, and {out / 'boxes.json'}")
