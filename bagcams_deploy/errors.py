@@ -26,6 +26,15 @@ class MissingDependencyError(BagcamsError):
         self.package = package
 
 
+class CheckpointNotGraphError(BagcamsError):
+    """A PyTorch checkpoint given where an ONNX graph goes. The message is the neutral fact; how to
+    give the checkpoint instead depends on the command (its options), so the CLI adds that hint."""
+
+    def __init__(self, path: object) -> None:
+        super().__init__(f"{path} is a PyTorch checkpoint, not an ONNX graph")
+        self.path = path
+
+
 def require(module: str, purpose: str, hint: str | None = None):
     """Import an optional module lazily, or raise a clear :class:`MissingDependencyError`."""
     import importlib

@@ -99,6 +99,8 @@ class VerifyReport:
     map_source: str = "cam output"  # or the host aggregation, for graphs exported with --no-cam
     #: which bars judged it: the precision preset, or what the caller says (the CLI names overrides)
     bars: str = ""
+    #: [H, W] the backend and the reference were fed (a dynamic-size graph runs at any size)
+    input_size: list[int] | None = None
 
     @property
     def passed(self) -> bool:
@@ -378,4 +380,5 @@ def verify_backend(
         failures=failures,
         map_source=map_source,
         bars=f"{precision} preset" if tolerances is None else "given by the caller",
+        input_size=list(size),
     )

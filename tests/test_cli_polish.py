@@ -276,7 +276,7 @@ def test_one_image_is_one_overlay(cli, checkpoints, graph, one_image, tmp_path):
 
 def test_a_checkpoint_given_as_the_graph_is_named(cli, checkpoints, tmp_path):
     r = cli("verify", checkpoints["resnet18"], "--checkpoint", checkpoints["resnet18"])
-    assert_one_line_error(r, "is not an ONNX model but a PyTorch checkpoint", "give it as --checkpoint")
+    assert_one_line_error(r, "is a PyTorch checkpoint, not an ONNX graph", "the checkpoint as --checkpoint")
     assert "Wire format" not in r.err
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\xff" * 64)

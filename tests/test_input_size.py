@@ -76,7 +76,7 @@ def test_evaluate_a_dynamic_graph_at_input_size_is_the_fixed_graph(cli, setup, t
         np.testing.assert_allclose(got[name], want[name], atol=1e-5)
     assert reports[0] == reports[1]
     r = cli(*common, "--maps", tmp_path / "fix", "--input-size", str(S))
-    assert_one_line_error(r, "--input-size", "apply to --model, not to precomputed --maps")
+    assert_one_line_error(r, "--input-size", "applies to --model, not to precomputed --maps")
 
 
 def test_verify_runs_a_dynamic_graph_at_input_size(setup):

@@ -75,10 +75,14 @@ def bench(
     from ..errors import BagcamsError
     from ..outputs import output_file
     from ..runtime import parse_backends
+    from ..runtime.open import read_model_info
+    from .core import checkpoint_hint, graph_first_hint
 
     output_file(json_out, "--json", inputs={"the model": model_path, "the checkpoint": checkpoint})
     names = parse_backends(backends) if backends is not None else default_backends(model_path, checkpoint)
     sizes = _ints(batch_sizes, "--batch-sizes")
+    with checkpoint_hint(graph_first_hint("bench")):  # the model file is checked before any note on it
+        read_model_info(model_path)
     console = Console(width=None if Console().is_terminal else 140)
     if checkpoint is None and not any(n.startswith("torch") for n in names):  # (those are refused below)
         _note_without_checkpoint(names, named=backends is not None, floor=not no_floor)

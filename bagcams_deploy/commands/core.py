@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import typer
 
-from ..errors import BagcamsError
+from ..errors import BagcamsError, CheckpointNotGraphError
 from ..methods.names import METHODS
 
 
@@ -29,6 +31,47 @@ THREADS_HELP = "intra-op threads of the backend (default: the runtime's own)"
 MODEL_BACKEND_DEFAULT = (
     "ort-cuda with a GPU, else ort-cpu, for .onnx; tensorrt for .plan; torch-reference for a checkpoint"
 )
+
+
+INPUT_SIZE_HELP = (
+    "H = W fed to the model: a checkpoint, or a graph exported with --dynamic-size (a fixed-size graph runs only "
+    "at its own size)"
+)
+INPUT_SIZE_DEFAULT = "224, or the graph's own size"
+
+EXPORT_COMMAND = "bagcams-deploy export CKPT -o model.onnx"
+
+
+def graph_first_hint(command: str) -> str:
+    """How ``verify`` and ``bench`` take a checkpoint: beside the graph, not in its place."""
+    return (
+        f"the graph goes first, the checkpoint as --checkpoint (bagcams-deploy {command} model.onnx --checkpoint "
+        f"CKPT; {EXPORT_COMMAND} writes the graph)"
+    )
+
+
+BUILD_FROM_GRAPH_HINT = f"export it first ({EXPORT_COMMAND}) and build from the .onnx"
+
+
+def model_option_hint() -> str:
+    """How ``localize`` and ``evaluate`` take a checkpoint as ``--model``: by its suffix."""
+    from ..runtime.open import CHECKPOINT_SUFFIXES
+
+    torch_suffixes = [s for s in CHECKPOINT_SUFFIXES if s != ".npz"]  # .npz: the demo's packed weights
+    return (
+        f"a checkpoint is taken as --model when named {', '.join(torch_suffixes[:-1])} or {torch_suffixes[-1]}, "
+        f"or export it first ({EXPORT_COMMAND})"
+    )
+
+
+@contextmanager
+def checkpoint_hint(hint: str) -> Iterator[None]:
+    """Add this command's way of taking a checkpoint to the library's neutral "X is a PyTorch checkpoint,
+    not an ONNX graph": only the command knows its options."""
+    try:
+        yield
+    except CheckpointNotGraphError as exc:
+        raise BagcamsError(f"{exc}: {hint}") from None
 
 
 def plural(count: int, noun: str) -> str:

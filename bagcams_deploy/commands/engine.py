@@ -35,6 +35,7 @@ def build_engine_cmd(
     """Build a TensorRT engine with one optimization profile; precision is the graph's own (strongly typed)."""
     from ..outputs import output_file
     from ..runtime.tensorrt_build import BatchProfile, build_engine
+    from .core import BUILD_FROM_GRAPH_HINT, checkpoint_hint
 
     output_file(output, "--output", {"the ONNX graph": model})
     if opt_batch is None:  # --max-batch 4 alone is a complete request
@@ -44,16 +45,17 @@ def build_engine_cmd(
     if input_size is not None and input_size < 1:
         raise BagcamsError(f"--input-size must be positive, got {input_size}")
 
-    record = build_engine(
-        model,
-        output,
-        BatchProfile(min_batch, opt_batch, max_batch),
-        workspace_gb=workspace_gb,
-        timing_cache=timing_cache,
-        input_size=(input_size, input_size) if input_size else None,
-        tf32=tf32,
-        log=typer.echo,
-    )
+    with checkpoint_hint(BUILD_FROM_GRAPH_HINT):
+        record = build_engine(
+            model,
+            output,
+            BatchProfile(min_batch, opt_batch, max_batch),
+            workspace_gb=workspace_gb,
+            timing_cache=timing_cache,
+            input_size=(input_size, input_size) if input_size else None,
+            tf32=tf32,
+            log=typer.echo,
+        )
     g = record["graph"]
     built = record["built_with"]
     typer.echo(

@@ -11,7 +11,17 @@ from rich.table import Table
 
 from ..errors import BagcamsError
 from ..methods.names import METHODS
-from .core import MODEL_BACKEND_DEFAULT, THREADS_HELP, plural, print_load_notes, print_note
+from .core import (
+    INPUT_SIZE_DEFAULT,
+    INPUT_SIZE_HELP,
+    MODEL_BACKEND_DEFAULT,
+    THREADS_HELP,
+    checkpoint_hint,
+    model_option_hint,
+    plural,
+    print_load_notes,
+    print_note,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -61,7 +71,12 @@ def evaluate(
         help="what runs --model (`bagcams-deploy backends` lists them)",
         show_default=MODEL_BACKEND_DEFAULT,
     ),
-    checkpoint: Path = typer.Option(None, "--checkpoint", help="PyTorch checkpoint (for --compare-reference)"),
+    checkpoint: Path = typer.Option(
+        None,
+        "--checkpoint",
+        help="PyTorch checkpoint: the reference of --compare-reference, and the model a torch backend (--backend "
+        "torch-*) runs for a .onnx or .plan --model (the checkpoint it was exported from)",
+    ),
     method: str = typer.Option(
         None, "--method", help="|".join(METHODS) + " (when --model is a checkpoint)", show_default="bagcams"
     ),
@@ -72,7 +87,7 @@ def evaluate(
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="images per inference call"),
     input_size: int = typer.Option(
-        None, "--input-size", min=1, max=4096, help="H = W, only for graphs exported with --dynamic-size (default 224)"
+        None, "--input-size", min=1, max=4096, help=INPUT_SIZE_HELP, show_default=INPUT_SIZE_DEFAULT
     ),
     cam_interval: float = typer.Option(
         0.001, "--cam-interval", help="threshold step (the default is the published one; 0.01 is faster)"
@@ -120,7 +135,8 @@ def evaluate(
                   "--small-feature-map": small_feature_map or None, "--input-size": input_size}  # fmt: skip
     given = [flag for flag, value in model_only.items() if value is not None]
     if maps is not None and given:
-        raise BagcamsError(f"{', '.join(given)} apply to --model, not to precomputed --maps")
+        verb = "applies" if len(given) == 1 else "apply"
+        raise BagcamsError(f"{', '.join(given)} {verb} to --model, not to precomputed --maps")
     if model is not None and predictions is not None:
         raise BagcamsError("--predictions is for --maps; with --model the model's own predictions are used")
     meta = load_metadata(metadata)
@@ -143,14 +159,16 @@ def evaluate(
     n = min(limit, len(meta.image_ids)) if limit else len(meta.image_ids)
     results = {}
     b = None
+    fed = None  # (H, W) the model is fed; precomputed --maps have none
     extra = []
     ref_scorer = None
     if maps is None:  # opened before the progress bar: their notes would be drawn into it
         if data_root is None:
             raise BagcamsError("--data-root is needed to read the images")
         lfm = False if small_feature_map else None
-        b = open_model(model, backend, checkpoint, method, target_layer, threads, large_feature_map=lfm)
-        run_input_size(b.spec, input_size, str(model))  # refused before the reference loads
+        with checkpoint_hint(model_option_hint()):
+            b = open_model(model, backend, checkpoint, method, target_layer, threads, large_feature_map=lfm)
+        fed, _ = run_input_size(b.spec, input_size, str(model))  # refused before the reference loads
         if compare_reference:
             if checkpoint is None:
                 raise BagcamsError("--compare-reference needs --checkpoint")
@@ -189,10 +207,12 @@ def evaluate(
         rows["difference"] = {k: None if a[k] is None or b_[k] is None else round(a[k] - b_[k], 2) + 0.0 for k in a}
     console = _console()
     first = next(iter(results.values()))
+    fed_text = "" if fed is None else f"{fed[0]}x{fed[1]} input, "
     console.print(
         summary_table(
             rows,
-            f"{first.count} images, interval {cam_interval}, {first.count / max(first.seconds, 1e-9):.1f} img/s",
+            f"{first.count} images, {fed_text}interval {cam_interval}, "
+            f"{first.count / max(first.seconds, 1e-9):.1f} img/s",
         )
     )
     run_notes = list(dict.fromkeys(n for r in results.values() for n in r.notes))
@@ -203,6 +223,7 @@ def evaluate(
         payload = {
             "metadata": str(metadata),
             "cam_interval": cam_interval,
+            "input_size": None if fed is None else list(fed),
             "notes": notes + run_notes,
             "runs": {k: r.to_dict() for k, r in results.items()},
         }
@@ -244,7 +265,7 @@ def localize(
     class_id: int = typer.Option(None, "--class-id", min=0, help="explain this class (default: the predicted one)"),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="images per inference call"),
     input_size: int = typer.Option(
-        None, "--input-size", min=1, max=4096, help="H = W, only for graphs exported with --dynamic-size (default 224)"
+        None, "--input-size", min=1, max=4096, help=INPUT_SIZE_HELP, show_default=INPUT_SIZE_DEFAULT
     ),
     threads: int = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     small_feature_map: bool = typer.Option(
@@ -274,8 +295,9 @@ def localize(
     check_images(paths)
     for note in notes:  # only now: before a refusal, a note would make it two lines
         print_note(note)
-    b = open_model(model, backend, None, method, target_layer, threads,
-                   large_feature_map=False if small_feature_map else None, checkpoint_option=None)  # fmt: skip
+    with checkpoint_hint(model_option_hint()):
+        b = open_model(model, backend, None, method, target_layer, threads,
+                       large_feature_map=False if small_feature_map else None, checkpoint_option=None)  # fmt: skip
     print_load_notes(b)
     run_input_size(b.spec, input_size, str(model))  # refused before the progress bar is drawn
     with b, progress_bar(len(paths), "localizing") as advance:

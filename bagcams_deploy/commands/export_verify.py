@@ -12,7 +12,16 @@ from rich.table import Table
 
 from ..errors import BagcamsError
 from ..methods.names import METHODS
-from .core import ARCH_HELP, NUM_CLASSES_HELP, TARGET_LAYER_DEFAULT, TARGET_LAYER_HELP, THREADS_HELP
+from .core import (
+    ARCH_HELP,
+    INPUT_SIZE_DEFAULT,
+    NUM_CLASSES_HELP,
+    TARGET_LAYER_DEFAULT,
+    TARGET_LAYER_HELP,
+    THREADS_HELP,
+    checkpoint_hint,
+    graph_first_hint,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -41,13 +50,15 @@ def export(
     from ..export.contract import check_graph_name
     from ..export.onnx_export import export_onnx
     from ..models import load_model
+    from ..models.checkpoint import check_checkpoint_file
     from ..outputs import output_file
 
     if method not in METHODS:
         raise BagcamsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     output_file(output, "--output", {"the checkpoint": checkpoint})
+    check_checkpoint_file(checkpoint)  # a missing checkpoint is the first thing to fix
+    check_graph_name(output, "--output")  # before the checkpoint is read, which can take long
     model = load_model(checkpoint, arch, num_classes, large_feature_map=False if small_feature_map else None)
-    check_graph_name(output, "--output")  # after a missing checkpoint (the first thing to fix), before the export
     model.check_layer_for(method, target_layer)
     kwargs = {}
     if precision != "fp32":
@@ -86,7 +97,13 @@ def verify(
     ),
     seed: int = typer.Option(None, "--seed", min=0, help="fix the random images (default: fresh each run)"),
     input_size: int = typer.Option(
-        None, "--input-size", min=1, max=4096, help="H = W, only for graphs exported with --dynamic-size (default 224)"
+        None,
+        "--input-size",
+        min=1,
+        max=4096,
+        help="H = W fed to the graph, only for one exported with --dynamic-size (a fixed-size graph runs only at "
+        "its own size)",
+        show_default=INPUT_SIZE_DEFAULT,
     ),
     threads: int = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     report: Path = typer.Option(None, "--report", help="write the JSON report here"),
@@ -121,7 +138,8 @@ def verify(
         raise BagcamsError(f"--exact turns ONNX Runtime's optimisations off; {name} is not an ONNX Runtime backend")
     if name in GRAPH_BACKENDS:
         check_model_kind(name, model_path)
-    info = read_model_info(model_path)
+    with checkpoint_hint(graph_first_hint("verify")):
+        info = read_model_info(model_path)
     run_input_size(info, input_size, str(model_path))  # refused before the checkpoint loads
     model = load_checkpoint_for(checkpoint, info)
     check_checkpoint_matches(info, model)
@@ -186,7 +204,8 @@ def verify(
 
 def _render(rep) -> None:
     console = Console(width=None if Console().is_terminal else 140)
-    t = Table(title=f"{rep.backend} vs {rep.reference}: {rep.method} at {rep.target_layer} ({rep.precision})")
+    size = "" if rep.input_size is None else f", {rep.input_size[0]}x{rep.input_size[1]} input"
+    t = Table(title=f"{rep.backend} vs {rep.reference}: {rep.method} at {rep.target_layer} ({rep.precision}{size})")
     for col in (
         "image",
         "class",

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BagcamsError
+from ..errors import BagcamsError, CheckpointNotGraphError
 from ..methods.names import METHODS
 
 GRAPH_PRECISIONS = ("fp32", "fp16", "bf16")
@@ -157,10 +157,7 @@ def _not_onnx(path: Path, detail: str) -> BagcamsError:
     """The error for a file that is no ONNX graph; a checkpoint given in the graph's place is named as
     such, since protobuf's own complaint ("Wire format was corrupt") does not say what went wrong."""
     if looks_like_checkpoint(path):
-        return BagcamsError(
-            f"{path} is not an ONNX model but a PyTorch checkpoint: give it as --checkpoint, and as the model "
-            "the graph exported from it (bagcams-deploy export)"
-        )
+        return CheckpointNotGraphError(path)  # each command says how it takes a checkpoint instead
     return BagcamsError(f"{path} is not an ONNX model ({detail})")
 
 

@@ -22,11 +22,18 @@ CLASSIFIER_KEY = "state_dict_classifier"
 META_KEY = "bagcams_meta"  # optional: {"architecture", "large_feature_map", "class_names"}
 
 
-def _read(path: Path) -> object:
+def check_checkpoint_file(path: str | Path) -> None:
+    """That the checkpoint file is there (no folder): what a command checks before its other options,
+    and what :func:`load_model` checks first."""
+    path = Path(path)
     if not path.exists():
         raise BagcamsError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise BagcamsError(f"checkpoint path is a directory, not a file: {path}")
+
+
+def _read(path: Path) -> object:
+    check_checkpoint_file(path)
     try:
         with path.open("rb") as fh:
             magic = fh.read(4)
