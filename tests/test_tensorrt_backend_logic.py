@@ -340,7 +340,7 @@ def test_verify_cli_picks_the_bars_of_the_engines_arithmetic(fakes, graphs, chec
     plan = fake_plan(graphs["nocam"], tmp_path / "m.plan")  # TF32 allowed when built
     args = ["verify", plan, "--checkpoint", checkpoints["resnet18"], "--num-random", "2", "--report"]
     r = cli(*args, tmp_path / "tf32.json")
-    assert r.code == 0 and "(tf32)" in r.out, r.out + r.err
+    assert r.code == 0 and "(tf32, 64x64 input)" in r.out, r.out + r.err
     tol = json.loads((tmp_path / "tf32.json").read_text())["tolerances"]
     assert tol["gradient_rel_l2"] == 0.1 and tol["map_pearson"] == 0.9995
     r = cli(*args, tmp_path / "fp32.json", "--bars", "fp32")
