@@ -21,6 +21,7 @@ from .outputs import (
     output_names,
     read_records_leniently,
     read_run_record,
+    writable_output,
 )
 from .preprocessing import image_path_list, load_image, preprocess
 from .runtime.base import Backend, run_input_size, score_maps
@@ -95,7 +96,8 @@ def check_run_outputs(paths: Sequence[Path], out: Path, command: str = "localize
         if n not in own and os.path.lexists(out / n):
             raise BagcamsError(
                 f"{out / n} exists and no earlier {command} run's {record} in {out} lists it; this run would "
-                "overwrite it: use another --out (or move the file)"
+                f"overwrite it: use another --out (or move the file; outputs of a {command} older than its "
+                f"{record} are not recognised)"
             )
     if os.path.lexists(out / record) and not (out / record).is_file():
         raise BagcamsError(f"{out / record} is not a file, and this run writes its record there; use another --out")
@@ -167,7 +169,10 @@ def localize_images(
         _localize(backend, paths, out, size, threshold, multi_contour, class_id, batch_size, on_batch, records)
         doc["complete"] = True
     finally:
-        finish_run_record(out, "localize", doc, earlier)
+        planned = [n for p in paths for n in output_names(Path(p))]
+        for kept in finish_run_record(out, "localize", doc, earlier, planned):
+            if on_note is not None:
+                on_note(f"left {kept}, which the earlier run listed")
     return records
 
 
@@ -205,8 +210,8 @@ def _localize(
             prob = float(softmax(logits[k])[c])
             name = spec.class_names[c] if spec.class_names and c < len(spec.class_names) else f"class {c}"
             map_name, overlay_name = output_names(p)
-            np.save(out / map_name, full.astype(np.float32))
-            save_png(out / overlay_name, render_overlay(rgb, full, boxes, f"{name} {prob:.2f}"))
+            np.save(writable_output(out / map_name), full.astype(np.float32))
+            save_png(writable_output(out / overlay_name), render_overlay(rgb, full, boxes, f"{name} {prob:.2f}"))
             records.append({
                 "image": str(p), "class_id": c, "class_name": name, "score": float(logits[k, c]),
                 "probability": prob, "threshold": float(t), "boxes": boxes, "image_size": [w, h],

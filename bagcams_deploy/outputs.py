@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -153,23 +153,43 @@ def earlier_run_files(folder: Path, names: Collection[str]) -> dict[str, set[str
     return {cmd: hits for cmd, hits in found.items() if hits}
 
 
-def finish_run_record(out: Path, command: str, doc: dict, earlier: set[Path]) -> None:
+def finish_run_record(out: Path, command: str, doc: dict, earlier: set[Path], planned: Iterable[str] = ()) -> list[str]:
     """Write ``command``'s record ``doc`` (with ``complete`` and the per-image ``images``, each naming its
     ``map`` and ``overlay``) into ``out`` at the end of a run, successful or not, so that the folder
     holds one run: once a run succeeds, the ``earlier`` run's files it did not rewrite are removed; a
-    partial run lists what is left of the earlier one as ``stale_outputs``, for the next run to remove;
-    a run that wrote nothing leaves the earlier run's files and record as they were."""
+    partial run lists what is left of the earlier one as ``stale_outputs``, for the next run to remove,
+    with any of its ``planned`` names that exist but made no entry (a map written just before the
+    interruption, its overlay not), so that no file of ours is left that a rerun would have to refuse;
+    a run that wrote nothing leaves the earlier run's files and record as they were. Returns the stale
+    files it could not remove (a folder in their place, no permission), for the caller to note."""
     written = {out / n for r in doc["images"] for n in (r["map"], r["overlay"])}
-    leftover = sorted(p for p in earlier - written if p.exists())
+    orphans = {out / n for n in planned} - written - earlier
+    leftover = sorted(p for p in (earlier | orphans) - written if os.path.lexists(p))
     if not doc["complete"]:
-        if not doc["images"]:
-            return
+        if not doc["images"] and not any(p in orphans for p in leftover):
+            return []
         doc["stale_outputs"] = [p.name for p in leftover]
     with write_atomically(out / RECORDS[command]) as f:
         f.write(json.dumps(doc, indent=2).encode())
+    kept: list[str] = []
     if doc["complete"]:
         for stale in leftover:  # only now: a failed run must not cost the earlier run's results
-            stale.unlink(missing_ok=True)
+            try:
+                if stale.is_symlink() or stale.is_file():
+                    stale.unlink(missing_ok=True)
+                else:
+                    kept.append(f"{stale} (not a file)")
+            except OSError as exc:
+                kept.append(f"{stale} ({exc.strerror or type(exc).__name__})")
+    return kept
+
+
+def writable_output(path: Path) -> Path:
+    """``path`` ready to be written: a symlink there (only one a record lists gets this far) is removed
+    first, so that writing replaces the link, never the file it points to outside the folder."""
+    if path.is_symlink():
+        path.unlink()
+    return path
 
 
 def json_safe(value: object) -> object:

@@ -153,7 +153,7 @@ def cam(
 ) -> None:
     """PyTorch-reference maps for image files: per image an overlay PNG (class and probability) and the
     normalised map (.npy) at --input-size; one cam.json listing them."""
-    from ..outputs import check_distinct_stems, finish_run_record, output_dir
+    from ..outputs import check_distinct_stems, finish_run_record, output_dir, writable_output
 
     output_dir(out, "--out")
     from ..checks import NonFiniteOutputError, name_non_finite
@@ -206,10 +206,10 @@ def cam(
                     m = r.maps[i, 0].numpy()
                     c = int(r.class_ids[i])
                     map_name, overlay_name = output_names(p)
-                    np.save(out / map_name, m.astype(np.float32))
+                    np.save(writable_output(out / map_name), m.astype(np.float32))
                     name = model.class_names[c] if model.class_names else f"class {c}"
                     prob = float(softmax(r.logits[i].detach().cpu().numpy())[c])  # localize's label
-                    save_png(out / overlay_name, render_overlay(rgb, m, label=f"{name} {prob:.2f}"))
+                    save_png(writable_output(out / overlay_name), render_overlay(rgb, m, label=f"{name} {prob:.2f}"))
                     records.append({"image": str(p), "class_id": c, "class_name": name, "probability": prob,
                                     "map": map_name, "overlay": overlay_name})  # fmt: skip
                     if method == "bagcams" and float(r.scores[i]) <= 0:
@@ -217,7 +217,9 @@ def cam(
                 advance(len(chunk))
         doc["complete"] = True
     finally:  # the record, as localize's boxes.json: a rerun replaces this run's files and reads none
-        finish_run_record(out, "cam", doc, earlier)
+        planned = [n for p in paths for n in output_names(p)]
+        for kept in finish_run_record(out, "cam", doc, earlier, planned):
+            typer.echo(f"note: left {kept}, which the earlier run listed", err=True)
     wrote = f"{plural(len(paths), 'overlay')} and {plural(len(paths), 'map')}"
     typer.echo(f"wrote {wrote} to {out}, listed in {out / 'cam.json'}")
     if flagged:
