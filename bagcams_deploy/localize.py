@@ -127,11 +127,13 @@ def localize_images(
 
     ``paths`` may be one file, and a folder stands for its image files as on the command line
     (:func:`~bagcams_deploy.preprocessing.expand_image_paths`): each record names its image. A folder
-    skips the files an earlier run's record in it lists; ``on_note`` gets one line saying so.
+    skips the files an earlier run's record in it lists; ``on_note`` gets one line saying so, once
+    every check has passed (a refused run is its error alone, as on the command line).
 
     Files in ``out`` that this run would overwrite must be listed by an earlier localize run's
     ``boxes.json`` there: the user's own files and another command's (``cam.json``) are refused."""
-    paths = image_path_list(paths, "paths", expand_folders=True, on_note=on_note)
+    notes: list[str] = []
+    paths = image_path_list(paths, "paths", expand_folders=True, on_note=notes.append)
     out = Path(out)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise BagcamsError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -151,10 +153,13 @@ def localize_images(
     output_dir(out, "output folder")
     earlier = check_run_outputs(paths, out, "localize")
     check_images(paths)  # an unreadable image fails now, not after earlier batches were written
+    for note in notes if on_note is not None else ():
+        on_note(note)
     spec = backend.spec
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     doc = {
+        "command": "localize",
         "method": spec.method,
         "target_layer": spec.target_layer,
         "backend": backend.name,

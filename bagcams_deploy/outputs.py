@@ -112,7 +112,8 @@ def read_run_record(folder: Path, command: str) -> set[str] | None:
     except RecursionError:  # "[[[[..." 200,000 deep
         raise ValueError(f"{index} is nested too deeply to be a {command} record") from None
     ours = isinstance(doc, dict) and isinstance(doc.get("images"), list)
-    ours = ours and ("method" in doc if command == "localize" else doc.get("command") == command)
+    # boxes.json from before its "command" field is still localize's; cam.json always had it
+    ours = ours and doc.get("command", "localize" if command == "localize" and "method" in doc else None) == command
     if not ours:
         raise ValueError(f"{index} is not a {command} record")
     try:

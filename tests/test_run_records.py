@@ -91,3 +91,36 @@ def test_a_stale_file_that_cannot_be_removed_is_a_note_not_a_failed_run(cli, ckp
     assert f"note: left {out / 'b.npy'} (not a file), which the earlier run listed" in r.err
     assert not (out / "b_overlay.png").exists() and (out / "b.npy").is_dir()
     assert [Path(i["image"]).name for i in json.loads((out / "cam.json").read_text())["images"]] == ["a.png"]
+
+
+def test_boxes_json_names_its_command_and_older_records_still_count(cli, ckpt, tmp_path):
+    imgs = _images(tmp_path / "imgs", ["a.png"])
+    out = tmp_path / "out"
+    assert cli("localize", imgs, "--model", ckpt, "--out", out).code == 0
+    doc = json.loads((out / "boxes.json").read_text())
+    assert doc["command"] == "localize"
+    del doc["command"]  # as written before the field existed
+    (out / "boxes.json").write_text(json.dumps(doc))
+    assert cli("localize", imgs, "--model", ckpt, "--out", out).code == 0  # still its own record
+    (out / "boxes.json").write_text(json.dumps({**doc, "command": "cam"}))
+    r = cli("localize", imgs, "--model", ckpt, "--out", out)
+    assert r.code == 1 and "was not written by localize" in r.err
+
+
+def test_library_localize_notes_only_once_its_checks_pass(ckpt, tmp_path):
+    """The skip note of a folder holding an earlier run comes after the checks, as on the command
+    line: a refused call is its error alone."""
+    from bagcams_deploy.errors import BagcamsError
+    from bagcams_deploy.localize import localize_images
+    from bagcams_deploy.runtime.open import open_model
+
+    imgs = _images(tmp_path / "imgs", ["a.png", "b.png"])
+    backend = open_model(ckpt, "torch-analytic", None, "gradcam", None, None)
+    with backend:
+        localize_images(backend, imgs, imgs, input_size=SIZE)  # an earlier run, into the image folder
+        notes: list[str] = []
+        with pytest.raises(BagcamsError, match="threshold must be a number"):
+            localize_images(backend, imgs, tmp_path / "o", threshold=2.0, on_note=notes.append)
+        assert notes == []
+        localize_images(backend, imgs, tmp_path / "o", input_size=SIZE, on_note=notes.append)
+    assert len(notes) == 1 and "skipped 2 files an earlier localize run listed" in notes[0]
