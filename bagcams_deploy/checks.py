@@ -49,3 +49,16 @@ def check_class_id_shape(shape: tuple[int, ...], n: int, who: str = "") -> None:
     if sum(d > 1 for d in shape) > 1 or size not in (1, n):
         prefix = f"{who}: " if who else ""
         raise BagcamsError(f"{prefix}class ids must be one per image ({n}) or one for all, got shape {tuple(shape)}")
+
+
+def checked_size(size: object, what: str = "size") -> tuple[int, int]:
+    """An int (a square, as ``export_onnx`` takes it) or an (H, W) pair of positive integers: the one
+    rule for every image size a caller gives (``load_images``, ``--input-size``); anything else is one
+    clear error rather than a traceback from deep inside a resize. (``torch.Size`` is a tuple.)"""
+    pair = (size, size) if isinstance(size, int | np.integer) and not isinstance(size, bool) else size
+    if isinstance(pair, np.ndarray):
+        pair = tuple(pair.tolist())
+    ok = isinstance(pair, tuple | list) and len(pair) == 2
+    if not (ok and all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0 for v in pair)):
+        raise BagcamsError(f"{what} must be a positive integer or an (H, W) pair of them, got {size!r}")
+    return int(pair[0]), int(pair[1])

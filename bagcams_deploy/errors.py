@@ -7,6 +7,12 @@ tensor, layer, class id) and, where there is a closed set of valid values, list 
 
 from __future__ import annotations
 
+
+def plural(count: int, noun: str) -> str:
+    """``1 overlay``, ``2 overlays``: a message should not read "wrote 1 overlays"."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 #: How to get OpenVINO, said the same way wherever it is missing: the extra pins the versions we test.
 OPENVINO_HINT = "pip install 'bagcams-deploy[openvino]'"
 

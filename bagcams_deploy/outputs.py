@@ -125,11 +125,6 @@ def read_run_record(folder: Path, command: str) -> set[str] | None:
     return {n for n in names if is_output_name(n)}
 
 
-def read_localize_index(folder: Path) -> set[str] | None:
-    """:func:`read_run_record` of ``localize`` (``folder/boxes.json``)."""
-    return read_run_record(folder, "localize")
-
-
 def read_records_leniently(folder: Path) -> dict[str, set[str]]:
     """Per command, the names its record in ``folder`` lists; a record that is not the command's (a
     data set's own ``boxes.json``) or cannot be read, however broken, is simply no record here."""

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import BagcamsError
+from .checks import checked_size
+from .errors import BagcamsError, plural
 from .images import MIN_IMAGE_SIDE, load_image
 from .outputs import RECORDS, earlier_run_files
 
@@ -39,18 +40,6 @@ def normalize(rgb: np.ndarray, mean: Sequence[float] = MEAN, std: Sequence[float
     x = rgb.astype(np.float32) / 255.0
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
-
-
-def checked_size(size: object) -> tuple[int, int]:
-    """An int (square, as ``export_onnx`` takes it) or an (H, W) pair of positive integers; anything
-    else is one clear error rather than a traceback from deep inside PIL's resize."""
-    pair = (size, size) if isinstance(size, int | np.integer) else size
-    if isinstance(pair, np.ndarray | torch.Size):
-        pair = tuple(pair.tolist())
-    ok = isinstance(pair, tuple | list) and len(pair) == 2
-    if not (ok and all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0 for v in pair)):
-        raise BagcamsError(f"size must be a positive integer or an (H, W) pair of them, got {size!r}")
-    return int(pair[0]), int(pair[1])
 
 
 def preprocess(
@@ -120,14 +109,10 @@ def _is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
 
 
-def _files(count: int) -> str:
-    return f"{count} file" + ("" if count == 1 else "s")
-
-
 def _skipped_note(folder: Path, command: str, names: set[str]) -> str:
     """One line naming the record that lists the skipped files, the first of them, and how to read one."""
     return (
-        f"skipped {_files(len(names))} an earlier {command} run listed in {folder / RECORDS[command]} "
+        f"skipped {plural(len(names), 'file')} an earlier {command} run listed in {folder / RECORDS[command]} "
         f"(first: {min(names)}); name a file on the command line, with another --out, to read it as an image"
     )
 
@@ -162,7 +147,7 @@ def expand_image_paths(inputs: Sequence[str | Path], on_note: Callable[[str], No
             raise BagcamsError(f"no such image file or folder: {p}")
     if not out:
         why = (
-            f" ({_files(sum(skipped.values()))} with image suffixes skipped: outputs an earlier "
+            f" ({plural(sum(skipped.values()), 'file')} with image suffixes skipped: outputs an earlier "
             f"{' and an earlier '.join(skipped)} run listed in its record; name one on the command line, "
             "with another --out, to read it as an image)"
             if skipped

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..runtime.registry import ALL_BACKENDS
+from .core import print_note
 
 
 def register(app: typer.Typer) -> None:
@@ -33,10 +34,10 @@ def _note_without_checkpoint(names: list[str], named: bool, floor: bool) -> None
     timed, and the torch backends and the forward-only floor (the checkpoint's classifier) cannot."""
     if named:
         if floor:
-            typer.echo("note: no forward-only floor: it needs --checkpoint", err=True)
+            print_note("no forward-only floor: it needs --checkpoint")
         return
     needs = "the torch backends and the forward-only floor need" if floor else "the torch backends need"
-    typer.echo(f"note: benchmarking {', '.join(names)} only: {needs} --checkpoint", err=True)
+    print_note(f"benchmarking {', '.join(names)} only: {needs} --checkpoint")
 
 
 def bench(

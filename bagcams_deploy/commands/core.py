@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
-from ..errors import BagcamsError, CheckpointNotGraphError
+from ..errors import BagcamsError, CheckpointNotGraphError, plural
 from ..methods.names import METHODS
 
 
@@ -74,11 +74,6 @@ def checkpoint_hint(hint: str) -> Iterator[None]:
         raise BagcamsError(f"{exc}: {hint}") from None
 
 
-def plural(count: int, noun: str) -> str:
-    """``1 overlay``, ``2 overlays``: a summary line should not read "wrote 1 overlays"."""
-    return f"{count} {noun}" + ("" if count == 1 else "s")
-
-
 def info(
     checkpoint: Path = typer.Argument(..., help="DA-WSOL checkpoint or state dict (.pth/.pt)"),
     arch: str = typer.Option(None, "--arch", help=ARCH_HELP),
@@ -125,7 +120,7 @@ def print_load_notes(*loaded: object) -> list[str]:
     opened twice (``evaluate --model CKPT --checkpoint CKPT``) is noted once. Returns the notes."""
     notes = list(dict.fromkeys(n for item in loaded for n in getattr(item, "load_notes", ())))
     for note in notes:
-        typer.echo(f"note: {note}", err=True)
+        print_note(note)
     return notes
 
 
@@ -219,7 +214,7 @@ def cam(
     finally:  # the record, as localize's boxes.json: a rerun replaces this run's files and reads none
         planned = [n for p in paths for n in output_names(p)]
         for kept in finish_run_record(out, "cam", doc, earlier, planned):
-            typer.echo(f"note: left {kept}, which the earlier run listed", err=True)
+            print_note(f"left {kept}, which the earlier run listed")
     wrote = f"{plural(len(paths), 'overlay')} and {plural(len(paths), 'map')}"
     typer.echo(f"wrote {wrote} to {out}, listed in {out / 'cam.json'}")
     if flagged:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import BagcamsError
+from ..errors import BagcamsError, plural
 from ..methods.names import METHODS
 from .core import (
     INPUT_SIZE_DEFAULT,
@@ -18,7 +18,6 @@ from .core import (
     THREADS_HELP,
     checkpoint_hint,
     model_option_hint,
-    plural,
     print_load_notes,
     print_note,
 )
@@ -151,7 +150,7 @@ def evaluate(
             )
     notes = meta.notes + (mask_meta.notes if mask_meta else [])
     for note in notes:  # before a run that may take an hour
-        typer.echo(f"note: {note}", err=True)
+        print_note(note)
 
     def scorer() -> Scorer:
         return Scorer(meta, mask_meta, mask_root, cam_interval, multi_contour=not single_contour)
@@ -217,7 +216,7 @@ def evaluate(
     )
     run_notes = list(dict.fromkeys(n for r in results.values() for n in r.notes))
     for note in run_notes:
-        typer.echo(f"note: {note}", err=True)
+        print_note(note)
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
         payload = {

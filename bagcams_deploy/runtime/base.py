@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..architectures import MIN_INPUT_SIZE
-from ..checks import check_class_id_shape, check_finite_outputs
+from ..checks import check_class_id_shape, check_finite_outputs, checked_size
 from ..errors import BagcamsError
 
 #: How far beyond real pixels an input value may reach, in whole pixel ranges: ``check_inputs``
@@ -63,15 +63,7 @@ def run_input_size(model: object, input_size: int | tuple[int, int] | None, name
     refused (silently resizing would answer a question nobody asked); a dynamic-size graph, or a
     checkpoint's torch backend, takes ``input_size`` (an int is H = W), 224x224 by default, but
     not below the architecture's minimum. ``name`` (the model's path) goes into the messages."""
-    pair = (input_size, input_size) if isinstance(input_size, int | np.integer) else input_size
-    ok = pair is None or (
-        isinstance(pair, tuple | list)
-        and len(pair) == 2
-        and all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= 1 for v in pair)
-    )
-    if not ok:
-        raise BagcamsError(f"--input-size must be a positive integer (or an (H, W) pair of them), got {input_size!r}")
-    asked = None if pair is None else (int(pair[0]), int(pair[1]))
+    asked = None if input_size is None else checked_size(input_size, "--input-size")
     fixed = getattr(model, "input_size", None)
     if fixed is not None:
         if asked is not None and asked != tuple(fixed):
