@@ -484,3 +484,30 @@ def test_cpp_refuses_what_python_refuses(binary, graph, images, tmp_path):
     for flag, value in (("--batch-size", "4294967297"), ("--threads", "4294967297"), ("--class-id", "-5")):
         r = localize(graph, flag, value, str(images[0]))
         assert r.returncode == 2 and f"{flag} must be in" in r.stderr, r.stderr
+
+
+def test_cpp_refuses_a_dynamic_input_below_the_architectures_minimum(binary, images, tmp_path):
+    """A dynamic-size graph fed below its architecture's minimum runs but gives meaningless maps: the
+    Python backends refuse such an --input-size, and so does the program (it wrote a 16x16 map, exit 0)."""
+    import re
+
+    from bagcams_deploy.architectures import MIN_INPUT_SIZE
+    from bagcams_deploy.export.onnx_export import export_onnx
+    from bagcams_deploy.models import build_model
+
+    source = (EXAMPLE / "src" / "bagcams_localize.cpp").read_text()
+    table = re.search(r"kMinInputSize = \{(.*?)\};", source).group(1)
+    assert {k: int(v) for k, v in re.findall(r'\{"(\w+)", (\d+)\}', table)} == MIN_INPUT_SIZE
+
+    graph = tmp_path / "dynamic.onnx"
+    export_onnx(build_model("resnet18", NUM_CLASSES, seed=2), graph, input_size=64, dynamic_size=True)
+
+    def localize(size: int) -> subprocess.CompletedProcess:
+        args = ["--model", str(graph), "--out", str(tmp_path / f"out{size}"), "--quiet", "--input-size", str(size)]
+        return _run([str(binary), *args, str(images[0])])
+
+    _one_line_error(localize(16), "--input-size 16", "resnet18 takes inputs of 32x32 or more")
+    assert not (tmp_path / "out16").exists()
+    r = localize(32)
+    assert r.returncode == 0, r.stderr
+    assert np.load(tmp_path / "out32" / f"{images[0].stem}.npy").shape == (32, 32)

@@ -155,3 +155,111 @@ def test_the_metadata_example_is_what_evaluate_reads(cli, checkpoints, tmp_path,
     command[command.index("model.onnx")] = str(checkpoints["resnet18"])
     r = cli(*command[1:], "--cam-interval", "0.01")
     assert r.code == 0, r.err
+
+
+def _contract_block() -> str:
+    """The python block of "The ONNX I/O contract": a consumer with numpy, Pillow and onnxruntime alone."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## The ONNX I/O contract\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert len(blocks) == 1, "the contract section should hold one python example"
+    return blocks[0]
+
+
+def _contract_images(folder: Path) -> list[Path]:
+    """Scenes in the modes and sizes a consumer meets: shrunk, enlarged, grey, alpha, palette, 16-bit, float."""
+    from bagcams_deploy.scenes.generator import generate_scene
+
+    def scene(seed: int, h: int, w: int) -> Image.Image:
+        return Image.fromarray(generate_scene(seed, size=max(h, w)).image).resize((w, h))
+
+    grey16 = np.asarray(scene(5, 120, 110).convert("L"), np.uint16) * 97 + 11
+    rgba = np.dstack([np.asarray(scene(3, 100, 140)), np.random.default_rng(4).integers(0, 256, (100, 140), np.uint8)])
+    files = {
+        "wide.png": scene(1, 150, 230),
+        "small.png": scene(2, 50, 70),
+        "grey.png": scene(6, 90, 80).convert("L"),
+        "alpha.png": Image.fromarray(rgba, "RGBA"),
+        "palette.png": scene(7, 80, 100).convert("P", palette=Image.ADAPTIVE),
+        "grey16.png": Image.fromarray(grey16),
+        "float.tif": Image.fromarray(np.asarray(scene(8, 70, 90).convert("L"), np.float32) / 300.0, "F"),
+    }
+    paths = []
+    for name, im in files.items():
+        im.save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def contract_graphs(module_tmp) -> dict[str, Path]:
+    """The shipped model's graphs (trained weights: realistic gradients, where GradCAM++'s 1e-7 matters),
+    one per gradient method, GradCAM++ with a gradient scale that the host formula must divide out."""
+    from bagcams_deploy.export.onnx_export import export_onnx
+    from bagcams_deploy.models import load_model
+
+    model = load_model(ROOT / "bagcams_deploy/assets/scenes_resnet18.npz")
+    folder = module_tmp("contract")
+    graphs = {}
+    for method, scale in (("bagcams", None), ("gradcam", None), ("gradcampp", 2.0**20), ("pcs", None)):
+        graphs[method] = folder / f"{method}.onnx"
+        export_onnx(model, graphs[method], method=method, input_size=96, gradient_scale=scale)
+    return graphs
+
+
+def _run_contract_block(graph: Path, image: Path) -> dict:
+    code = _contract_block()
+    assert '"model.onnx"' in code and '"bird.jpg"' in code
+    code = code.replace('"model.onnx"', repr(str(graph))).replace('"bird.jpg"', repr(str(image)))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # the README's own code
+    return scope
+
+
+def test_the_contract_consumer_decodes_and_preprocesses_as_the_package(contract_graphs, tmp_path):
+    """The README's package-free decoding and pre-processing give the package's input tensor, bit for bit."""
+    from bagcams_deploy.images import load_image
+    from bagcams_deploy.preprocessing import load_images
+
+    paths = _contract_images(tmp_path)
+    scope = _run_contract_block(contract_graphs["bagcams"], paths[0])
+    meta = scope["meta"]
+    assert meta["input_size"] == (96, 96) and meta["method"] == "bagcams" and len(meta["class_names"]) == 10
+    for p in paths:
+        assert np.array_equal(scope["decode"](str(p)), load_image(p)), p.name
+        x = scope["preprocess"](scope["decode"](str(p)), (96, 96), meta)
+        assert x.dtype == np.float32 and np.array_equal(x, load_images(p, 96)[0].numpy()), p.name
+
+
+def test_the_contract_host_map_is_the_graphs_map_for_every_method(contract_graphs, tmp_path):
+    """``host_map`` on a graph's features and gradients is its own ``cam`` (within 1e-5), gradient scale
+    included; and ``full`` is ``localize``'s .npy of the same image."""
+    from bagcams_deploy.localize import localize_images
+    from bagcams_deploy.runtime.ort_backend import OrtBackend
+
+    paths = _contract_images(tmp_path)
+    for method, graph in contract_graphs.items():
+        scope = _run_contract_block(graph, paths[0])
+        meta, host_map = scope["meta"], scope["host_map"]
+        assert meta["gradient_scale"] == (2.0**20 if method == "gradcampp" else 1.0)
+        x = np.stack([scope["preprocess"](scope["decode"](str(p)), (96, 96), meta) for p in paths])
+        ids = np.full(len(paths), -1, np.int64)
+        names = [o.name for o in scope["session"].get_outputs()]
+        out = dict(zip(names, scope["session"].run(None, {"image": x, "class_id": ids}), strict=True))
+        ours = host_map(method, out["features"], out["gradients"], meta["gradient_scale"], (96, 96))
+        assert ours.shape == out["cam"].shape and ours.dtype == np.float32
+        assert np.abs(ours - out["cam"]).max() < 1e-5, (method, float(np.abs(ours - out["cam"]).max()))
+        assert ours.max() == pytest.approx(1.0) and ours.min() == 0.0
+    with OrtBackend(str(contract_graphs["gradcampp"]), threads=2) as backend:
+        localize_images(backend, paths, tmp_path / "loc")
+    for p in paths:
+        scope = _run_contract_block(contract_graphs["gradcampp"], p)
+        full, theirs = scope["full"], np.load(tmp_path / "loc" / f"{p.stem}.npy")
+        assert full.shape == theirs.shape == scope["rgb"].shape[:2]
+        assert np.abs(full - theirs).max() < 1e-5, (p.name, float(np.abs(full - theirs).max()))
+
+
+def test_the_contract_snippet_uses_only_numpy_pillow_and_onnxruntime():
+    """What the README promises an edge consumer: no import of this package (or torch, cv2) at run time."""
+    imports = re.findall(r"^(?:import|from) (\w+)", _contract_block(), flags=re.M)
+    assert set(imports) == {"json", "numpy", "onnxruntime", "PIL"}, imports

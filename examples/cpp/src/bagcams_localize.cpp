@@ -192,6 +192,10 @@ struct GraphMeta {
     std::optional<std::pair<int, int>> input_size;  // (H, W); empty for dynamic graphs
 };
 
+// The smallest input side each architecture takes (bagcams_deploy/architectures.py MIN_INPUT_SIZE): a
+// dynamic-size graph runs below it but gives meaningless, often all-zero maps, so it is refused.
+const std::map<std::string, int> kMinInputSize = {{"resnet50", 32}, {"resnet18", 32}, {"inception_v3", 75}};
+
 std::array<float, 3> parse_triplet(const std::string& model, const std::string& key, const std::string& text) {
     std::array<float, 3> v{};
     std::stringstream ss(text);
@@ -400,6 +404,12 @@ int run(const Options& opt) {
         if (opt.input_size_given && (opt.input_size != in_h || opt.input_size != in_w))
             throw UserError("--input-size " + std::to_string(opt.input_size) + " but the model takes " +
                             std::to_string(in_h) + "x" + std::to_string(in_w));
+    } else if (meta.props.count("architecture")) {
+        const auto least = kMinInputSize.find(meta.props.at("architecture"));
+        if (least != kMinInputSize.end() && opt.input_size < least->second)
+            throw UserError("--input-size " + std::to_string(opt.input_size) + ": " + least->first +
+                            " takes inputs of " + std::to_string(least->second) + "x" +
+                            std::to_string(least->second) + " or more");
     }
 
     // fp32 pinned: the CPU plugin would pick bf16 on AMX / AVX512-BF16 CPUs (same as the ov-cpu backend)
