@@ -263,3 +263,22 @@ def test_the_contract_snippet_uses_only_numpy_pillow_and_onnxruntime():
     """What the README promises an edge consumer: no import of this package (or torch, cv2) at run time."""
     imports = re.findall(r"^(?:import|from) (\w+)", _contract_block(), flags=re.M)
     assert set(imports) == {"json", "numpy", "onnxruntime", "PIL"}, imports
+
+
+def _github_anchor(heading: str) -> str:
+    """GitHub's heading slug: lower case, punctuation other than '-' and '_' dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("readme", ["README.md", "kernels/README.md", "examples/cpp/README.md"])
+def test_every_in_page_link_of_the_readmes_has_its_heading(readme):
+    """The contents line and the cross-references are links a reader clicks; a renamed heading must
+    fail here rather than leave a dead link on the front page."""
+    text = (ROOT / readme).read_text()
+    text_outside_code = re.sub(r"```.*?```", "", text, flags=re.S)
+    anchors = {_github_anchor(h) for h in re.findall(r"^#+ (.+)$", text_outside_code, flags=re.M)}
+    links = re.findall(r"\]\(#([^)]+)\)", text_outside_code)
+    missing = sorted(set(links) - anchors)
+    assert not missing, f"{readme}: links to missing headings {missing}"
+    if readme == "README.md":
+        assert {"set-up", "the-onnx-io-contract", "gpu-path"} <= set(links)
