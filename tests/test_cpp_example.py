@@ -41,8 +41,8 @@ def _missing_toolchain() -> str | None:
 pytestmark = pytest.mark.skipif(_missing_toolchain() is not None, reason=str(_missing_toolchain()))
 
 
-def _run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+def _run(cmd: list[str], timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -434,6 +434,21 @@ def test_cpp_errors(binary, graph, images, tmp_path):
     _one_line_error(localize(graph, "--class-id", str(NUM_CLASSES), img), "out of range")
     usage = _run([str(binary), "--model", str(graph), img])
     assert usage.returncode == 2 and usage.stderr.startswith("error: --out is required")
+
+
+def test_cpp_double_dash_ends_the_options(binary, graph, images, tmp_path):
+    """An image whose name starts with '-' is an unknown option before `--` and an image after it."""
+    dashed = tmp_path / "-dashed.png"
+    dashed.write_bytes(images[0].read_bytes())
+    out = tmp_path / "out"
+    refused = _run([str(binary), "--model", str(graph), "--out", str(out), "-dashed.png"], cwd=tmp_path)
+    assert refused.returncode == 2 and "unknown option -dashed.png" in refused.stderr
+    done = _run([str(binary), "--model", str(graph), "--out", str(out), "--quiet", "--", "-dashed.png"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    from PIL import Image
+
+    with Image.open(dashed) as im:
+        assert np.load(out / "-dashed.npy").shape == im.size[::-1]
 
 
 def test_cpp_refuses_what_python_refuses(binary, graph, images, tmp_path):

@@ -65,7 +65,7 @@ struct Options {
 };
 
 const char* kUsage =
-    "usage: bagcams_localize --model MODEL.onnx --out DIR [options] IMAGE...\n"
+    "usage: bagcams_localize --model MODEL.onnx --out DIR [options] [--] IMAGE...\n"
     "  --class-id K      class to explain for every image (default: the predicted class)\n"
     "  --threshold T     box threshold, relative to the map's maximum (default 0.5)\n"
     "  --multi-contour   a box per outer contour (default: the largest contour's box)\n"
@@ -76,7 +76,8 @@ const char* kUsage =
     "  --repeat R        timed inferences per batch; prints a 'bench' JSON line per batch (default 1)\n"
     "  --save-input      also write the pre-processed batch tensor as <out>/input_<k>.npy\n"
     "  --device D        OpenVINO device (default CPU)\n"
-    "  --quiet           no per-image lines on stdout\n";
+    "  --quiet           no per-image lines on stdout\n"
+    "  --                every later argument is an image, even one whose name starts with '-'\n";
 
 long long parse_int(const std::string& flag, const std::string& v) {
     try {
@@ -112,6 +113,10 @@ Options parse_args(int argc, char** argv) {
     Options o;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
+        if (a == "--") {  // the usual end of options: the rest are images, whatever their names
+            for (++i; i < argc; ++i) o.images.push_back(argv[i]);
+            break;
+        }
         auto value = [&]() -> std::string {
             if (i + 1 >= argc) throw UsageError(a + " needs a value");
             return argv[++i];
