@@ -58,6 +58,9 @@ class MaskEvaluator:
         self.bin_edges = np.append(self.thresholds, [1.0, 2.0, 3.0])
         self.gt_true_hist = np.zeros(len(self.bin_edges) - 1, dtype=np.float64)
         self.gt_false_hist = np.zeros(len(self.bin_edges) - 1, dtype=np.float64)
+        # Foreground pixels counted apart from the histograms: with a user's grid that starts above 0,
+        # those scored below its first threshold fall in no bin, yet are false negatives at every one.
+        self.num_true = 0
         self.count = 0
         self.ignored_pixels = 0  # only to explain a 0/255 mask that has no foreground
 
@@ -77,6 +80,7 @@ class MaskEvaluator:
         false_hist, _ = np.histogram(scoremap[mask == 0], bins=self.bin_edges)
         self.gt_true_hist += true_hist.astype(np.float64)
         self.gt_false_hist += false_hist.astype(np.float64)
+        self.num_true += int(np.count_nonzero(mask == 1))
         self.ignored_pixels += int(np.count_nonzero(mask == IGNORE_VALUE))
         self.count += 1
 
@@ -84,7 +88,7 @@ class MaskEvaluator:
         """PxAP and pIoU over every image accumulated so far."""
         if self.count == 0:
             raise BagcamsError("no image was accumulated: nothing to evaluate")
-        num_true = self.gt_true_hist.sum()
+        num_true = float(self.num_true)
         tp = self.gt_true_hist[::-1].cumsum()
         fn = num_true - tp
         fp = self.gt_false_hist[::-1].cumsum()
