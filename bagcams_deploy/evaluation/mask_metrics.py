@@ -4,6 +4,11 @@ Per image, scores at GT-foreground and GT-background pixels (ignored pixels, val
 go into histograms whose bin edges are the CAM thresholds plus [1, 2, 3]; only the two float64
 histograms are kept, so memory is flat. PxAP is the area under the pixel precision-recall curve;
 pIoU is the best pixel IoU over thresholds.
+
+One deliberate difference: wsolevaluation counts the foreground pixels from its histogram, so
+with a threshold grid that starts above 0 (never the published one, ``arange(0, 1, interval)``) the
+foreground scored below the first threshold went uncounted and recall was inflated; here every
+foreground pixel counts. On grids starting at 0 the two are identical.
 """
 
 from __future__ import annotations
