@@ -11,15 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch import nn
 
 from bagcams_deploy.checks import NonFiniteOutputError, check_finite_outputs, checked_size, name_non_finite
 from bagcams_deploy.errors import BagcamsError
 from bagcams_deploy.evaluation import MaskEvaluator
+from bagcams_deploy.export.contract import check_graph_name, class_names_of, read_graph_info
 from bagcams_deploy.export.onnx_export import export_onnx
+from bagcams_deploy.export.rules import rule_for
 from bagcams_deploy.images import load_image
 from bagcams_deploy.localize import earlier_outputs
-from bagcams_deploy.models import build_model
+from bagcams_deploy.models import build_model, load_model
 from bagcams_deploy.outputs import finish_run_record
 from bagcams_deploy.preprocessing import MEAN, STD, expand_image_paths, load_images, preprocess
 from bagcams_deploy.runtime import create_backend
@@ -258,10 +262,10 @@ def test_run_input_size_refuses_a_non_square_size_below_the_architecture_minimum
 
 @pytest.fixture(scope="module")
 def gradcam_graph(module_tmp) -> tuple[Path, object]:
-    """A 64x64 ResNet-18 Grad-CAM graph at layer4 (neither default) and the model it was exported from."""
+    """A 64x96 (H x W) ResNet-18 Grad-CAM graph at layer4 (none of them defaults) and its model."""
     model = build_model("resnet18", 5, seed=31, randomize_batchnorm=True)
     path = module_tmp("round3") / "g.onnx"
-    export_onnx(model, path, method="gradcam", target_layer="layer4", input_size=64)
+    export_onnx(model, path, method="gradcam", target_layer="layer4", input_size=(64, 96))
     return path, model
 
 
@@ -271,7 +275,7 @@ def test_a_torch_backend_given_a_graph_computes_what_the_graph_does(gradcam_grap
     path, model = gradcam_graph
     for name in ("torch-reference", "torch-analytic"):
         spec = create_backend(name, graph=path, model=model).spec
-        assert (spec.method, spec.target_layer, spec.input_size) == ("gradcam", "layer4", (64, 64))
+        assert (spec.method, spec.target_layer, spec.input_size) == ("gradcam", "layer4", (64, 96))
 
 
 def test_a_torch_backend_refuses_a_graph_of_another_model(gradcam_graph):
@@ -284,3 +288,65 @@ def test_a_torch_backend_refuses_a_graph_of_another_model(gradcam_graph):
 def test_a_backend_named_twice_runs_once_in_the_order_first_given():
     """bench --backends ort-cpu,ort-cpu would time the same backend twice and report two rows."""
     assert parse_backends(" ort-cpu,torch-reference, ort-cpu,") == ["ort-cpu", "torch-reference"]
+
+
+# --- analytic rules beyond the shipped architectures' layers -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "module",
+    [nn.AvgPool2d((2, 3), stride=(2, 1), padding=(1, 0)), nn.AvgPool2d(3, stride=2, padding=1),
+     nn.AvgPool2d((2, 3), stride=1, padding=(0, 1)), nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+     nn.Conv2d(4, 6, (3, 2), stride=(2, 3), padding=(1, 1), dilation=(1, 2))],
+    ids=repr,
+)  # fmt: skip
+def test_rules_of_other_pooling_and_strided_layers_are_the_true_gradient(module: nn.Module):
+    """rule_for takes any AvgPool2d, MaxPool2d and Conv2d, not only the shipped nets' square ones: a
+    non-square or strided window must still give autograd's gradient, at an odd input size."""
+    gen = torch.Generator().manual_seed(3)
+    rule = rule_for(module, guided=False)
+    x = torch.randn(2, 4, 11, 9, generator=gen, requires_grad=True)
+    y, tape = rule(x.detach())
+    seed = torch.randn(y.shape, generator=gen)
+    (module(x) * seed).sum().backward()
+    torch.testing.assert_close(rule.vjp(tape, seed), x.grad, rtol=1e-5, atol=1e-6)
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+
+def test_a_wsolevaluation_checkpoint_wrapped_in_state_dict_loads(tmp_path):
+    """wsolevaluation saves ``{"state_dict": model.state_dict(), "epoch": ...}`` (DataParallel's
+    ``module.`` prefix included): it must load as the model, not as 'contains no tensors'."""
+    model = build_model("resnet18", 4, seed=41, randomize_batchnorm=True)
+    flat = {**model.extractor.state_dict(), **model.classifier.state_dict()}
+    torch.save({"state_dict": {f"module.{k}": v for k, v in flat.items()}, "epoch": 9}, tmp_path / "w.pth.tar")
+    loaded = load_model(tmp_path / "w.pth.tar")
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_graph_metadata_keeps_height_and_width_apart_and_a_gradient_method_needs_gradients(gradcam_graph, tmp_path):
+    """A non-square graph is read back as H x W (swapped, every image would be refused or resized
+    wrongly), and a Grad-CAM graph stripped of its gradients is no graph of ours."""
+    import onnx
+
+    path, _ = gradcam_graph
+    info = read_graph_info(path)
+    assert info.input_size == (64, 96)
+    with create_backend("ort-cpu", graph=path) as backend:
+        x = np.random.default_rng(5).standard_normal((1, 3, 64, 96)).astype(np.float32)
+        assert backend.infer(x)["cam"].shape == (1, 1, 64, 96)
+    graph = onnx.load(str(path))
+    kept = [o for o in graph.graph.output if o.name != "gradients"]
+    del graph.graph.output[:]
+    graph.graph.output.extend(kept)
+    onnx.save(graph, str(tmp_path / "stripped.onnx"))
+    with pytest.raises(BagcamsError, match="graph without a 'gradients' output"):
+        read_graph_info(tmp_path / "stripped.onnx")
+    onnx.helper.set_model_props(graph, {"class_names": "[1, 2, 3, 4, 5]"})
+    onnx.save(graph, str(tmp_path / "numbers.onnx"))
+    with pytest.raises(BagcamsError, match="not a JSON list of names"):
+        class_names_of(tmp_path / "numbers.onnx")
+    check_graph_name(tmp_path / "MODEL.ONNX")  # the suffix is matched as every command opens it
