@@ -282,3 +282,33 @@ def test_every_in_page_link_of_the_readmes_has_its_heading(readme):
     assert not missing, f"{readme}: links to missing headings {missing}"
     if readme == "README.md":
         assert {"set-up", "the-onnx-io-contract", "gpu-path"} <= set(links)
+
+
+def test_the_contracts_bagcams_gradient_row_says_what_a_negative_score_does():
+    """For s_c < 0 the graph back-propagates the seed 1/s_c through the guided ReLUs, which is not the
+    guided d(s_c)/dF times 1/s_c (the guided rule is only positively homogeneous): the contract row must
+    not tell a consumer that it is a sign flip of that gradient."""
+    import torch
+
+    from bagcams_deploy.export.analytic import AnalyticCAM
+    from bagcams_deploy.models import build_model
+    from bagcams_deploy.reference.cams import guided_relu_modules
+
+    model = build_model("resnet18", 5, seed=3, randomize_batchnorm=True).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    net = AnalyticCAM(model, "bagcams", "layer3", with_cam=False)
+    logits = net.run(x)["logits"][0]
+    c = int(logits.argmin())
+    s = float(logits[c])
+    assert s < 0
+    graph = net.run(x, torch.tensor([c]))["gradients"]
+    with torch.enable_grad(), guided_relu_modules(model, True):
+        features, out = model.features_and_logits(x.clone().requires_grad_(True), "layer3")
+        (seeded,) = torch.autograd.grad(out[0, c] / s, features, retain_graph=True)  # seed 1/s_c, then back
+        (plain,) = torch.autograd.grad(out[0, c], features)  # guided d(s_c)/dF
+    torch.testing.assert_close(graph, seeded, rtol=1e-4, atol=1e-7)
+    assert (graph - plain / s).abs().max() > 0.1 * graph.abs().max()  # not a sign-flipped copy
+
+    row = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("| output `gradients`"))
+    bagcams = row.split("for BagCAMs", 1)[1]
+    assert "seed 1/s_c" in bagcams and "(a sign flip)" not in bagcams, bagcams
