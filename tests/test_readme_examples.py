@@ -231,6 +231,25 @@ def test_the_contract_consumer_decodes_and_preprocesses_as_the_package(contract_
         assert x.dtype == np.float32 and np.array_equal(x, load_images(p, 96)[0].numpy()), p.name
 
 
+def test_the_contract_consumer_refuses_a_float_image_with_nan_pixels(contract_graphs, tmp_path):
+    """Every command refuses such a file; a decoder said to decode "as every command" must not turn
+    the NaN pixels into black ones (numpy casts NaN to 0 with only a warning)."""
+    import warnings
+
+    from bagcams_deploy.errors import BagcamsError
+    from bagcams_deploy.images import load_image
+
+    arr = np.full((16, 16), 0.5, np.float32)
+    arr[3, 3] = np.nan
+    Image.fromarray(arr, "F").save(tmp_path / "nan.tif")
+    with pytest.raises(BagcamsError, match="NaN or Inf"):
+        load_image(tmp_path / "nan.tif")
+    scope = _run_contract_block(contract_graphs["bagcams"], _contract_images(tmp_path)[0])
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="NaN or Inf"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scope["decode"](str(tmp_path / "nan.tif"))
+
+
 def test_the_contract_host_map_is_the_graphs_map_for_every_method(contract_graphs, tmp_path):
     """``host_map`` on a graph's features and gradients is its own ``cam`` (within 1e-5), gradient scale
     included; and ``full`` is ``localize``'s .npy of the same image."""
