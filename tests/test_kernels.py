@@ -358,6 +358,58 @@ def test_emulated_constant_and_non_finite_maps_are_zero(emulator, method):
     assert np.abs(out[2] - ref[2]).max() <= TOL["float32"]
 
 
+@pytest.mark.parametrize("smem", [True, False], ids=["smem", "gmem"])
+@pytest.mark.parametrize("method", METHODS)
+def test_emulated_blocks_with_several_sub_tiles(emulator, monkeypatch, method, smem):
+    # Real plans give a partial block many sub-tiles of kWarps channels (N=32, K=2048, 7x7: 64
+    # channels, 16 sub-tiles) and the block accumulates over them; the small shapes above get a
+    # single sub-tile per block. A lower block target gives a small shape that structure: groups of
+    # 20 and 17 channels, i.e. 5 full sub-tiles, then 4 full ones and a one-channel one.
+    assert launcher.make_plan(method, 32, 2048, 7, 7, 224, 224).channels_per_block == 16 * launcher.WARPS
+    monkeypatch.setattr(launcher, "TARGET_PARTIAL_BLOCKS", 4)
+    plan = launcher.make_plan(method, 2, 37, 7, 9, 19, 23)
+    assert (plan.groups, plan.channels_per_block) == (2, 20)
+    f, g = make_inputs((2, 37, 7, 9), "float32", seed=17)
+    out = run_emulator(emulator, method, f, g, (19, 23), smem=smem)
+    check_against_oracles(out, method, f, g, (19, 23), 1.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_emulated_gradcampp_with_realistic_gradient_magnitudes(emulator, monkeypatch, dtype):
+    # Gradients of a class score w.r.t. the last feature map are ~1e-3 (a GAP classifier row / h*w),
+    # so 2 g^2 + S_k is ~1e-6 and GRADCAMPP_EPS is a visible part of the alpha denominator.
+    scale = 1.0 if dtype == "float32" else 4096.0
+    f, g = make_inputs((2, 9, 5, 6), "float64", seed=18)
+    g = (g * 2e-3 * scale).astype(dtype)
+    f = f.astype(dtype)
+    out = run_emulator(emulator, "gradcampp", f, g, (13, 11), scale)
+    check_against_oracles(out, "gradcampp", f, g, (13, 11), scale)
+    monkeypatch.setattr(agg, "GRADCAMPP_EPS", 1e-6)  # the test means what it claims: eps matters here
+    assert np.abs(out - oracle64("gradcampp", f, g, (13, 11), scale)).max() > 100 * TOL[dtype]
+
+
+def test_emulated_many_output_chunks_and_a_late_non_finite_value(emulator):
+    # H*W > 32 * OUT_PER_BLOCK: 34 output chunks, more than the 32 lanes of bagcams_normalize that
+    # combine the chunk statistics (lanes 0 and 1 take two chunks each).
+    shape, size = (2, 2, 10, 260), (260, 260)
+    plan = launcher.make_plan("pcs", *shape, *size)
+    assert plan.blocks > 32
+    f, g = make_inputs(shape, "float32", seed=19)
+    g = np.abs(g)  # PCS: no ReLU zeros, so the minimum is not everywhere
+    f[0] += np.arange(10, dtype=np.float32)[:, None]  # image 0: minimum only in the first rows (chunk 0)
+    # image 1: one infinite raw value whose upsampled non-finite outputs lie in chunks other than 0
+    # and 32 and on no lane 0 of a warp, so only a complete non-finite flag reduction sees it
+    f[1, 0, 3, 144] = np.inf
+    up = F.interpolate(agg.pcs_raw(torch.from_numpy(f[1:2]), torch.from_numpy(g[1:2])), size=size, mode="bilinear")
+    bad = np.flatnonzero(~np.isfinite(up.numpy()))
+    chunks = bad // plan.chunk
+    assert bad.size and not np.isin(chunks, [0, 32]).any() and ((bad - chunks * plan.chunk) % 32 != 0).all()
+    out = run_emulator(emulator, "pcs", f, g, size)
+    ref = oracle64("pcs", f, g, size)
+    assert np.all(ref[1] == 0.0) and np.all(out[1] == 0.0)
+    assert np.abs(out[0] - ref[0]).max() <= TOL["float32"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_emulated_kernel_feature_map_28x28(emulator, method):
