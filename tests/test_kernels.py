@@ -9,7 +9,10 @@ CPU-only (run everywhere):
     paths, gradient_scale, constant and non-finite maps;
   * the PyCUDA launcher itself (plan, argument packing, workspace offsets, launch configuration,
     shared-memory opt-in and fallback, errors) driving those emulated kernels through a fake
-    pycuda.driver whose device memory is host memory.
+    pycuda.driver whose device memory is host memory;
+  * the host C API itself (bagcams_aggregate / bagcams_workspace_size of bagcams_kernels.cu, its
+    <<<>>> launches rewritten to emulator calls, CUDA runtime stand-ins in kernels/emu/emu_capi.cpp):
+    plan, workspace pointers, launch configuration, shared-memory opt-in and fallback, errors.
 GPU (@pytest.mark.gpu, skipped without pycuda and a CUDA device): the real kernels through the
 PyCUDA launcher against the same oracle.
 
@@ -767,6 +770,182 @@ def test_benchmark_without_pycuda_exits_with_a_message():
     )
     assert proc.returncode == 2
     assert "needs pycuda" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) CPU: the host C API (bagcams_kernels.cu) driving the emulated kernels
+# ---------------------------------------------------------------------------------------------
+
+CUDA_ERROR_INVALID_VALUE = 1
+KIB = 1024
+CAPI_METHODS = {"bagcams": 0, "gradcam": 1, "gradcampp": 2, "pcs": 3}
+CAPI_DTYPES = {"float32": 0, "float16": 1}
+CAPI_STATIC_SMEM = 64  # cudaFuncGetAttributes(...).sharedSizeBytes reported by the stand-in
+LAUNCH = re.compile(r"\b(\w+)\s*<<<(.*?)>>>\s*\(", re.S)
+
+
+def rewrite_launches(source: str) -> str:
+    """``kernel<<<cfg>>>(args)`` -> ``emu_chevron(kernel, EmuLaunchConfig{cfg}, args)``; every
+    ``<<<`` must be rewritten, so a new launch cannot silently escape the emulation."""
+    out, count = LAUNCH.subn(lambda m: f"emu_chevron({m.group(1)}, EmuLaunchConfig{{{m.group(2)}}}, ", source)
+    assert count == source.count("<<<") > 0, f"rewrote {count} of {source.count('<<<')} launches"
+    return out
+
+
+@pytest.fixture(scope="session")
+def capi_lib(tmp_path_factory):
+    if CXX is None or CUDA_INCLUDE is None or not (CUDA_INCLUDE / "cuda_runtime_api.h").is_file():
+        pytest.skip("the emulated C API needs g++ (C++20) and the CUDA headers (cuda_fp16.h, cuda_runtime_api.h)")
+    work = tmp_path_factory.mktemp("capi")
+    cu = work / "bagcams_kernels_emu.cu"
+    cu.write_text(rewrite_launches((SRC / "bagcams_kernels.cu").read_text()))
+    so = work / "libbagcams_capi_emu.so"
+    cmd = [CXX, "-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-Wno-unknown-pragmas", "-fPIC", "-shared"]
+    cmd += ["-Wl,-Bsymbolic", "-I", str(CUDA_INCLUDE), "-I", str(SRC), f'-DBAGCAMS_CAPI_SOURCE="{cu}"']
+    cmd += [str(SRC / "emu" / "emu_capi.cpp"), "-o", str(so)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        pytest.fail(f"building the emulated C API failed:\n{proc.stderr[-4000:]}")
+    lib = ctypes.CDLL(str(so))
+    i, p, sz = ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t
+    lib.bagcams_workspace_size.argtypes = [i] * 6
+    lib.bagcams_workspace_size.restype = sz
+    lib.bagcams_aggregate.argtypes = [i, i, p, p, p, *[i] * 6, ctypes.c_float, p, sz, p]
+    lib.bagcams_aggregate.restype = i
+    lib.emu_capi_configure.argtypes = [i, i]
+    lib.emu_capi_record.argtypes = [ctypes.POINTER(i), ctypes.POINTER(i), p, p, ctypes.POINTER(sz)]
+    lib.emu_capi_record.argtypes += [ctypes.POINTER(i), ctypes.POINTER(i)]
+    return lib
+
+
+def capi_record(lib):
+    launches, path, calls, raised = (ctypes.c_int() for _ in range(4))
+    dyn = ctypes.c_size_t()
+    grid, block = (ctypes.c_uint * 3)(), (ctypes.c_uint * 3)()
+    refs = [ctypes.byref(v) for v in (launches, path)] + [grid, block, ctypes.byref(dyn)]
+    lib.emu_capi_record(*refs, ctypes.byref(calls), ctypes.byref(raised))
+    path_name = {1: "smem", 0: "gmem", -1: None}[path.value]
+    return {
+        "launches": launches.value,
+        "path": path_name,
+        "grid": tuple(grid),
+        "block": tuple(block),
+        "dyn": dyn.value,
+        "set_attribute": (calls.value, raised.value),
+    }
+
+
+def capi_aggregate(lib, method, f, g, size, scale=1.0, optin=96 * KIB, workspace_bytes=None, **null):
+    """bagcams_aggregate on host buffers (NaN-poisoned output and workspace); returns (status, out, record)."""
+    n, k, h, w = f.shape
+    out = np.full((n, 1, *size), np.nan, np.float32)
+    need = lib.bagcams_workspace_size(n, k, h, w, *size)
+    ws = np.full(need // 4 + 64, np.nan, np.float32)  # a little slack: a too-small size is told, not real
+    nbytes = need if workspace_bytes is None else workspace_bytes
+    ptrs = {"features": f.ctypes.data, "gradients": g.ctypes.data, "out": out.ctypes.data, "workspace": ws.ctypes.data}
+    ptrs.update(null)
+    lib.emu_capi_configure(optin, CAPI_STATIC_SMEM)
+    status = lib.bagcams_aggregate(
+        CAPI_METHODS.get(method, method),
+        CAPI_DTYPES.get(f.dtype.name, 7),
+        ptrs["features"],
+        ptrs["gradients"],
+        ptrs["out"],
+        n,
+        k,
+        h,
+        w,
+        *size,
+        scale,
+        ptrs["workspace"],
+        nbytes,
+        None,
+    )
+    return status, out, capi_record(lib)
+
+
+def expected_partial_launch(method, shape, size, optin):
+    """What the C API must launch: the plan of the Python launcher (checked against the C one)."""
+    plan = launcher.make_plan(method, *shape, *size)
+    if plan.smem_bytes + 256 <= 48 * KIB:  # kStaticSmemBound: no attribute call needed
+        path, dyn, set_attribute = "smem", plan.smem_bytes, (0, 0)
+    elif plan.smem_bytes + CAPI_STATIC_SMEM <= optin:
+        path, dyn, set_attribute = "optin", plan.smem_bytes, (1, optin - CAPI_STATIC_SMEM)
+    else:
+        path, dyn, set_attribute = "gmem", 0, (0, 0)
+    record = {
+        "launches": 4,
+        "path": "gmem" if path == "gmem" else "smem",
+        "grid": (plan.groups, shape[0], 1),
+        "block": (launcher.WARPS * 32, 1, 1),
+        "dyn": dyn,
+        "set_attribute": set_attribute,
+    }
+    return path, record
+
+
+def test_capi_workspace_size_matches_python_plan(capi_lib):
+    for shape in [(1, 1024, 28, 28, 224, 224), (3, 37, 7, 9, 29, 31), (32, 2048, 7, 7, 224, 224), (5, 3, 1, 1, 1, 1)]:
+        assert capi_lib.bagcams_workspace_size(*shape) == launcher.make_plan("pcs", *shape).workspace_bytes
+    assert capi_lib.bagcams_workspace_size(0, 1, 1, 1, 1, 1) == 0
+    assert capi_lib.bagcams_workspace_size(70000, 1, 1, 1, 1, 1) == 0
+
+
+@pytest.mark.parametrize(("dtype", "scale"), [("float32", 1.0), ("float32", 37.5), ("float16", 256.0)])
+@pytest.mark.parametrize("method", METHODS)
+def test_capi_matches_oracle(capi_lib, method, dtype, scale):
+    # odd sizes: 3 images, 10 channel groups of 4 (the last one 1 channel), 7x9 -> 47x53 in two
+    # output chunks of 1246 and 1245 positions
+    shape, size = (3, 37, 7, 9), (47, 53)
+    plan = launcher.make_plan(method, *shape, *size)
+    assert (plan.groups, plan.channels_per_block, plan.blocks, plan.chunk) == (10, 4, 2, 1246)
+    f, g = make_inputs(shape, dtype, scale, seed=21)
+    status, out, record = capi_aggregate(capi_lib, method, f, g, size, scale)
+    assert status == 0
+    path, want = expected_partial_launch(method, shape, size, 96 * KIB)
+    assert path == "smem" and record == want
+    check_against_oracles(out, method, f, g, size, scale)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize(("optin", "path"), [(96 * KIB, "optin"), (48 * KIB, "gmem")], ids=["optin", "gmem"])
+@pytest.mark.parametrize("method", METHODS)
+def test_capi_shared_memory_opt_in_and_fallback(capi_lib, method, optin, path, dtype):
+    # 50x52: the stage (52 KiB, GradCAM++ 91 KiB) exceeds the default 48 KiB; it fits a 96 KiB
+    # opt-in limit (cudaFuncSetAttribute, then the shared-memory kernel) but not a 48 KiB one (_gmem)
+    shape, size = (1, 9, 50, 52), (45, 53)
+    scale = 1.0 if dtype == "float32" else 64.0
+    f, g = make_inputs(shape, dtype, scale, seed=22)
+    status, out, record = capi_aggregate(capi_lib, method, f, g, size, scale, optin=optin)
+    assert status == 0
+    assert expected_partial_launch(method, shape, size, optin) == (path, record)
+    check_against_oracles(out, method, f, g, size, scale)
+
+
+def test_capi_rejects_bad_arguments(capi_lib):
+    f, g = make_inputs((2, 5, 4, 3), "float32", seed=23)
+    need = capi_lib.bagcams_workspace_size(2, 5, 4, 3, 6, 5)
+    bad = [
+        {"workspace_bytes": need - 1},
+        {"workspace_bytes": 0},
+        {"features": None},
+        {"gradients": None},
+        {"out": None},
+        {"workspace": None},
+        {"scale": 0.0},
+        {"scale": -2.0},
+        {"scale": float("inf")},
+        {"scale": float("nan")},
+        {"method": 7},
+    ]
+    for kwargs in bad:
+        status, out, record = capi_aggregate(capi_lib, kwargs.pop("method", "pcs"), f, g, (6, 5), **kwargs)
+        assert status == CUDA_ERROR_INVALID_VALUE, kwargs
+        assert record["launches"] == 0 and np.isnan(out).all(), kwargs  # nothing enqueued
+    status, out, _ = capi_aggregate(capi_lib, "pcs", f.astype(np.float64), g.astype(np.float64), (6, 5))
+    assert status == CUDA_ERROR_INVALID_VALUE  # unknown dtype
+    status, out, _ = capi_aggregate(capi_lib, "pcs", f, g, (6, 5), workspace_bytes=need)  # the boundary is fine
+    assert status == 0 and np.isfinite(out).all()
 
 
 # ---------------------------------------------------------------------------------------------
