@@ -36,6 +36,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -290,12 +291,24 @@ def test_missing_pycuda_is_a_clear_error():
 # ---------------------------------------------------------------------------------------------
 
 
+def _asan_available() -> bool:
+    """Whether the compiler links AddressSanitizer here (libasan is a separate package on some systems)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "t.cpp"
+        src.write_text("int main() { return 0; }\n")
+        cmd = [CXX, "-fsanitize=address", str(src), "-o", str(Path(tmp) / "t")]
+        return subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory):
     if CXX is None or CUDA_INCLUDE is None or not (CUDA_INCLUDE / "cuda_fp16.h").is_file():
         pytest.skip("the CUDA emulation needs g++ (C++20) and the CUDA headers (cuda_fp16.h)")
     exe = tmp_path_factory.mktemp("emu") / "bagcams_emu"
     cmd = [CXX, "-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-Wno-unknown-pragmas"]
+    # AddressSanitizer: an out-of-bounds access in the device code (a shared-memory stage sized too
+    # small, say) fails at once with a report instead of corrupting the heap and hanging the run.
+    cmd += ["-fsanitize=address", "-fno-omit-frame-pointer"] if _asan_available() else []
     cmd += ["-I", str(CUDA_INCLUDE), str(SRC / "emu" / "emu_main.cpp"), "-o", str(exe)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
