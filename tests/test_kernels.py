@@ -292,12 +292,15 @@ def test_missing_pycuda_is_a_clear_error():
 
 
 def _asan_available() -> bool:
-    """Whether the compiler links AddressSanitizer here (libasan is a separate package on some systems)."""
+    """Whether AddressSanitizer builds and runs here: libasan is a separate package on some systems, and
+    some sandboxes refuse its shadow-memory mappings at run time."""
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "t.cpp"
-        src.write_text("int main() { return 0; }\n")
-        cmd = [CXX, "-fsanitize=address", str(src), "-o", str(Path(tmp) / "t")]
-        return subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
+        src, exe = Path(tmp) / "t.cpp", Path(tmp) / "t"
+        src.write_text("#include <thread>\nint main() { std::thread([] {}).join(); return 0; }\n")
+        cmd = [CXX, "-std=c++20", "-pthread", "-fsanitize=address", str(src), "-o", str(exe)]
+        if subprocess.run(cmd, capture_output=True, timeout=120).returncode != 0:
+            return False
+        return subprocess.run([str(exe)], capture_output=True, timeout=60).returncode == 0
 
 
 @pytest.fixture(scope="session")
