@@ -19,6 +19,7 @@ from .outputs import (
     finish_run_record,
     output_dir,
     output_names,
+    planned_output_names,
     read_records_leniently,
     read_run_record,
     writable_output,
@@ -51,7 +52,7 @@ def refuse_inputs_among_outputs(paths: Sequence[Path], out: Path, extra: Sequenc
     plus ``extra`` file names) include one of its inputs: writing would destroy that input. (A folder's
     files an earlier run wrote are not inputs at all: :func:`~bagcams_deploy.preprocessing.expand_image_paths`
     skips them.) Shared by ``localize`` and ``cam``."""
-    planned = {(out / n).resolve() for p in paths for n in output_names(Path(p))}
+    planned = {(out / n).resolve() for n in planned_output_names(paths)}
     planned |= {(out / n).resolve() for n in extra}
     for p in paths:
         if Path(p).resolve() in planned:
@@ -83,7 +84,7 @@ def check_run_outputs(paths: Sequence[Path], out: Path, command: str = "localize
         if Path(p).resolve() in earlier_real:
             raise BagcamsError(f"{p} is an output of an earlier {command} run in {out}; write to another folder")
     refuse_inputs_among_outputs(paths, out, (record,))
-    planned = [n for p in paths for n in output_names(Path(p))]
+    planned = planned_output_names(paths)
     for other, listed in read_records_leniently(out).items():
         clash = [n for n in planned if n in listed] if other != command else []
         if clash:
@@ -174,10 +175,9 @@ def localize_images(
         _localize(backend, paths, out, size, threshold, multi_contour, class_id, batch_size, on_batch, records)
         doc["complete"] = True
     finally:
-        planned = [n for p in paths for n in output_names(Path(p))]
-        for kept in finish_run_record(out, "localize", doc, earlier, planned):
+        for note in finish_run_record(out, "localize", doc, earlier, planned_output_names(paths)):
             if on_note is not None:
-                on_note(f"left {kept}, which the earlier run listed")
+                on_note(note)
     return records
 
 

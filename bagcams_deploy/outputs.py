@@ -78,19 +78,26 @@ def check_distinct_stems(paths: list[Path]) -> None:
             )
 
 
+OVERLAY_SUFFIX = "_overlay.png"
+
+
 def output_names(path: Path) -> tuple[str, str]:
     """The map and overlay file names ``localize`` (and ``cam``) write for one image."""
-    return f"{path.stem}.npy", f"{path.stem}_overlay.png"
+    return f"{path.stem}.npy", f"{path.stem}{OVERLAY_SUFFIX}"
 
 
-OVERLAY_SUFFIX = "_overlay.png"
+def planned_output_names(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Every file name a ``localize`` or ``cam`` run over ``paths`` writes into its folder (record aside)."""
+    return [n for p in paths for n in output_names(Path(p))]
 
 
 def is_output_name(name: object) -> bool:
     """A bare file name of the shape ``localize`` writes: nothing else is ever removed or skipped."""
     if not isinstance(name, str) or Path(name).name != name:
         return False
-    return (name.endswith(".npy") and len(name) > 4) or (name.endswith(OVERLAY_SUFFIX) and len(name) > 12)
+    return (name.endswith(".npy") and len(name) > len(".npy")) or (
+        name.endswith(OVERLAY_SUFFIX) and len(name) > len(OVERLAY_SUFFIX)
+    )
 
 
 RECORDS = {"localize": "boxes.json", "cam": "cam.json"}
@@ -156,8 +163,8 @@ def finish_run_record(out: Path, command: str, doc: dict, earlier: set[Path], pl
     partial run lists what is left of the earlier one as ``stale_outputs``, for the next run to remove,
     with any of its ``planned`` names that exist but made no entry (a map written just before the
     interruption, its overlay not), so that no file of ours is left that a rerun would have to refuse;
-    a run that wrote nothing leaves the earlier run's files and record as they were. Returns the stale
-    files it could not remove (a folder in their place, no permission), for the caller to note."""
+    a run that wrote nothing leaves the earlier run's files and record as they were. Returns one note
+    line per stale file it could not remove (a folder in their place, no permission)."""
     written = {out / n for r in doc["images"] for n in (r["map"], r["overlay"])}
     orphans = {out / n for n in planned} - written - earlier
     leftover = sorted(p for p in (earlier | orphans) - written if os.path.lexists(p))
@@ -177,7 +184,7 @@ def finish_run_record(out: Path, command: str, doc: dict, earlier: set[Path], pl
                     kept.append(f"{stale} (not a file)")
             except OSError as exc:
                 kept.append(f"{stale} ({exc.strerror or type(exc).__name__})")
-    return kept
+    return [f"left {k}, which the earlier run listed" for k in kept]
 
 
 def writable_output(path: Path) -> Path:

@@ -148,12 +148,19 @@ def cam(
 ) -> None:
     """PyTorch-reference maps for image files: per image an overlay PNG (class and probability) and the
     normalised map (.npy) at --input-size; one cam.json listing them."""
-    from ..outputs import check_distinct_stems, finish_run_record, output_dir, writable_output
+    from ..outputs import (
+        check_distinct_stems,
+        finish_run_record,
+        output_dir,
+        output_names,
+        planned_output_names,
+        writable_output,
+    )
 
     output_dir(out, "--out")
     from ..checks import NonFiniteOutputError, name_non_finite
     from ..images import check_images
-    from ..localize import check_run_outputs, output_names, softmax
+    from ..localize import check_run_outputs, softmax
     from ..models import load_model
     from ..preprocessing import expand_image_paths, load_image, preprocess
     from ..progress import progress_bar
@@ -212,9 +219,8 @@ def cam(
                 advance(len(chunk))
         doc["complete"] = True
     finally:  # the record, as localize's boxes.json: a rerun replaces this run's files and reads none
-        planned = [n for p in paths for n in output_names(p)]
-        for kept in finish_run_record(out, "cam", doc, earlier, planned):
-            print_note(f"left {kept}, which the earlier run listed")
+        for note in finish_run_record(out, "cam", doc, earlier, planned_output_names(paths)):
+            print_note(note)
     wrote = f"{plural(len(paths), 'overlay')} and {plural(len(paths), 'map')}"
     typer.echo(f"wrote {wrote} to {out}, listed in {out / 'cam.json'}")
     if flagged:
