@@ -245,6 +245,25 @@ def test_bad_requests_are_clear(models):
         compute_cams(m, torch.full((1, 3, 64, 64), float("nan")))
 
 
+def test_a_signed_map_wider_than_the_float_range_normalises_without_nan():
+    """CAM maps are signed: max - min can overflow to inf, and inf / inf was NaN in the output."""
+    from bagcams_deploy.methods.aggregation import normalize_minmax
+
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        big = torch.finfo(dtype).max * 0.9
+        m = torch.tensor([-big, big, 0.0, big / 2], dtype=torch.float64).to(dtype).view(1, 1, 2, 2)
+        out = normalize_minmax(m)
+        assert torch.isfinite(out).all(), (dtype, out)
+        expected = torch.tensor([0.0, 1.0, 0.5, 0.75], dtype=torch.float64)
+        torch.testing.assert_close(out.flatten().double(), expected, atol=1e-3, rtol=0)
+    # Every map whose range fits is bit-identical to the plain (x - min) / (max - min).
+    scales = torch.logspace(-30, 30, 16).view(16, 1, 1, 1)
+    maps = torch.randn(16, 1, 9, 7, generator=torch.Generator().manual_seed(4)) * scales
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    assert torch.equal(normalize_minmax(maps).flatten(1), (flat - lo) / (hi - lo))
+
+
 def test_a_map_with_any_non_finite_value_becomes_zeros_and_others_are_untouched():
     from bagcams_deploy.methods.aggregation import normalize_minmax
 

@@ -89,10 +89,16 @@ def normalize_minmax(maps: Tensor) -> Tensor:
     safe = torch.where(is_finite, flat, torch.zeros_like(flat))
     lo = safe.min(dim=1, keepdim=True).values
     hi = safe.max(dim=1, keepdim=True).values
-    rng = hi - lo
+    # A range wider than the largest finite value (CAM maps are signed) overflows to inf, and
+    # inf / inf is NaN. Halving both ends first keeps it finite; a scale of 1 elsewhere leaves every
+    # other map bit-identical (scaling by a power of two commutes with rounding).
+    fits = (hi - lo) <= torch.finfo(flat.dtype).max
+    scale = torch.where(fits, torch.ones_like(hi), torch.full_like(hi, 0.5))
+    lo = lo * scale
+    rng = hi * scale - lo
     ok = finite[:, None] & (rng > 0)
     denom = torch.where(ok, rng, torch.ones_like(rng))
-    out = torch.where(ok, (safe - lo) / denom, torch.zeros_like(safe))
+    out = torch.where(ok, (safe * scale - lo) / denom, torch.zeros_like(safe))
     return out.view_as(maps)
 
 
