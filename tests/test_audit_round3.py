@@ -350,3 +350,22 @@ def test_graph_metadata_keeps_height_and_width_apart_and_a_gradient_method_needs
     with pytest.raises(BagcamsError, match="not a JSON list of names"):
         class_names_of(tmp_path / "numbers.onnx")
     check_graph_name(tmp_path / "MODEL.ONNX")  # the suffix is matched as every command opens it
+
+
+def test_a_graph_older_than_the_gradient_scale_field_is_read_at_scale_one(gradcam_graph, tmp_path):
+    """Graphs exported before ``gradient_scale`` existed carry unscaled gradients: the field's absence
+    must read as 1.0 (any other default rescales every host-side map of such a --no-cam graph)."""
+    import onnx
+
+    path, _ = gradcam_graph
+    graph = onnx.load(str(path))
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert "gradient_scale" in props
+    for value, expected in ((None, 1.0), ("37.5", 37.5)):
+        kept = {k: v for k, v in props.items() if k != "gradient_scale"}
+        if value is not None:
+            kept["gradient_scale"] = value
+        del graph.metadata_props[:]
+        onnx.helper.set_model_props(graph, kept)
+        onnx.save(graph, str(tmp_path / "old.onnx"))
+        assert read_graph_info(tmp_path / "old.onnx").gradient_scale == expected
