@@ -526,3 +526,13 @@ def test_cpp_refuses_a_dynamic_input_below_the_architectures_minimum(binary, ima
     r = localize(32)
     assert r.returncode == 0, r.stderr
     assert np.load(tmp_path / "out32" / f"{images[0].stem}.npy").shape == (32, 32)
+
+    # without its 'architecture' key the minimum is unknown: refused, as Python's read_graph_info does
+    import onnx
+
+    proto = onnx.load(str(graph))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != "architecture"]
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, dict(kept))
+    onnx.save(proto, str(graph))
+    _one_line_error(localize(64), "metadata 'architecture' missing")

@@ -227,7 +227,9 @@ GraphMeta read_meta(const std::shared_ptr<ov::Model>& model, const std::string& 
     if (fw != rt.end() && fw->second.is<ov::AnyMap>()) {
         for (const auto& [k, v] : fw->second.as<ov::AnyMap>()) m.props[k] = v.as<std::string>();
     }
-    for (const char* key : {"method", "target_layer", "num_classes", "input_size", "mean", "std"}) {
+    // The same keys Python's read_graph_info requires: without 'architecture' a dynamic graph's
+    // smallest input size is unknown.
+    for (const char* key : {"method", "target_layer", "architecture", "num_classes", "input_size", "mean", "std"}) {
         if (!m.props.count(key))
             throw UserError(path + " is not a bagcams-deploy graph: metadata '" + key + "' missing");
     }
@@ -409,7 +411,7 @@ int run(const Options& opt) {
         if (opt.input_size_given && (opt.input_size != in_h || opt.input_size != in_w))
             throw UserError("--input-size " + std::to_string(opt.input_size) + " but the model takes " +
                             std::to_string(in_h) + "x" + std::to_string(in_w));
-    } else if (meta.props.count("architecture")) {
+    } else {
         const auto least = kMinInputSize.find(meta.props.at("architecture"));
         if (least != kMinInputSize.end() && opt.input_size < least->second)
             throw UserError("--input-size " + std::to_string(opt.input_size) + ": " + least->first +
