@@ -23,6 +23,7 @@ from bagcams_deploy.runtime.tensorrt_build import (
 )
 
 from .conftest import TEST_SIZE
+from .test_cli import assert_one_line_error
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("pycuda") is not None
 needs_trt = pytest.mark.skipif(not HAVE_TRT, reason="needs tensorrt and pycuda (pip install 'bagcams-deploy[gpu]')")
@@ -213,6 +214,29 @@ def test_plan_record_stands_in_for_the_graph_metadata(small_graph, tmp_path):
     for field in ("method", "target_layer", "architecture", "num_classes", "input_size", "mean", "std",
                   "gradient_scale", "precision", "outputs"):  # fmt: skip
         assert getattr(got, field) == getattr(want, field), field
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [("mean", [0.485, 0.456], "'mean' must hold 3 numbers"), ("std", [0.2, 0.2, 0.2, 0.2], "'std' must hold 3"),
+     ("mean", 0.5, "'mean' is not a list of numbers")],
+)  # fmt: skip
+def test_plan_record_mean_and_std_are_held_to_the_graph_rule(cli, small_graph, checkpoints, tmp_path, field, value,
+                                                             needle):  # fmt: skip
+    """A plan record's mean/std, like a graph's, hold one number per RGB channel: a hand-edited record
+    with two once became a GraphInfo whose mean had two (its type says three), and ``verify``/``localize``
+    ended in a ``zip() argument 2 is longer than argument 1`` traceback at the first batch."""
+    from bagcams_deploy.runtime.open import read_model_info
+
+    plan = tmp_path / "m.plan"
+    _fake_plan(small_graph, plan)
+    record = json.loads(sidecar_path(plan).read_text())
+    record["graph"][field] = value
+    sidecar_path(plan).write_text(json.dumps(record))
+    with pytest.raises(BagcamsError, match=needle):
+        read_model_info(plan)
+    r = cli("verify", plan, "--checkpoint", checkpoints["resnet18"], "--num-random", "1")
+    assert_one_line_error(r, needle, sidecar_path(plan).name)
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="checks the message shown where TensorRT is missing")

@@ -9,6 +9,7 @@ Outputs: ``logits`` [N,C], ``class_id_used`` int64 [N], ``features`` [N,K,h,w], 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,14 +103,23 @@ def metadata_props(
     return props
 
 
-def _floats(text: str, key: str, path: str) -> tuple[float, float, float]:
+def float_triple(
+    values: Iterable[str | float], key: str, where: str, shown: object = None
+) -> tuple[float, float, float]:
+    """One number per RGB channel (``mean``, ``std``) from export metadata, or an error naming ``key``:
+    a graph's comma-separated text and a plan record's JSON list are held to the same rule."""
+    shown = values if shown is None else shown
     try:
-        vals = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise BagcamsError(f"{path}: metadata '{key}' is not a list of numbers: {text!r}") from None
+        vals = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise BagcamsError(f"{where}: metadata '{key}' is not a list of numbers: {shown!r}") from None
     if len(vals) != 3:
-        raise BagcamsError(f"{path}: metadata '{key}' must hold 3 numbers, got {text!r}")
-    return vals  # type: ignore[return-value]
+        raise BagcamsError(f"{where}: metadata '{key}' must hold 3 numbers, got {shown!r}")
+    return vals[0], vals[1], vals[2]
+
+
+def _floats(text: str, key: str, path: str) -> tuple[float, float, float]:
+    return float_triple(text.split(","), key, path, text)
 
 
 def _number(kind: type, text: str, key: str, path: str):

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import BagcamsError, require
-from ..export.contract import GraphInfo, class_names_of, read_graph_info
+from ..export.contract import GraphInfo, class_names_of, float_triple, read_graph_info
 from ..outputs import output_file, write_atomically
 from .base import file_sha256
 from .registry import PLAN_SUFFIXES
@@ -127,8 +127,8 @@ def graph_info_of_plan(plan: str | Path, record: dict | None = None) -> GraphInf
             architecture=g["architecture"],
             num_classes=int(g["num_classes"]),
             input_size=(int(g["input_size"][0]), int(g["input_size"][1])),
-            mean=tuple(float(v) for v in g["mean"]),
-            std=tuple(float(v) for v in g["std"]),
+            mean=float_triple(g["mean"], "mean", str(sidecar_path(plan))),
+            std=float_triple(g["std"], "std", str(sidecar_path(plan))),
             gradient_scale=float(g["gradient_scale"]),
             precision=str(g["precision"]),
             outputs=tuple(g["outputs"]),
