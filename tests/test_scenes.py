@@ -311,3 +311,14 @@ def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch, exc) -> None:
     assert scenes_main(["--out", str(tmp_path / "x"), "--train", "1", "--val", "0", "--test", "0"]) == 1
     (line,) = _err_lines(capsys)
     assert "--size" in line
+
+
+def test_train_script_help_without_docstrings(monkeypatch, capsys):
+    """``python -OO`` strips docstrings: the training script's --help took its description from
+    ``__doc__.split`` and died with an AttributeError on None (found by pyright's optional-member check)."""
+    from bagcams_deploy.scenes import train
+
+    monkeypatch.setattr(train, "__doc__", None)
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--help"])
+    assert exc.value.code == 0 and "--out-dir" in capsys.readouterr().out

@@ -206,7 +206,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[WSOLMod
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bagcams_deploy.scenes.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bagcams_deploy.scenes.train", description=(__doc__ or "").split("\n")[0]
+    )
     p.add_argument(
         "--out-dir",
         type=Path,
