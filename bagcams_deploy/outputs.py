@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -34,7 +34,7 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def output_file(path: Path | None, what: str, inputs: dict[str, Path | None] | None = None) -> Path | None:
+def output_file(path: Path | None, what: str, inputs: Mapping[str, Path | None] | None = None) -> Path | None:
     """A file the command will write (``None`` passes through): not a folder, under a writable folder,
     and none of the command's ``inputs`` (``{"the model": path}``), which it would destroy."""
     if path is None:

@@ -9,6 +9,7 @@ much, and whether boxes change, instead of a single pass/fail bit; tolerances de
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -285,7 +286,7 @@ def verify_backend(
     backend: Backend,
     model: WSOLModel,
     graph: str,
-    image_paths: str | os.PathLike | list[str | os.PathLike] | None = None,
+    image_paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     num_random: int = 8,
     seed: int | None = None,
     tolerances: Tolerances | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import BagcamsError
 from ..export.contract import GraphInfo, read_graph_info
@@ -18,6 +19,11 @@ from .registry import (
     default_backend,
 )
 
+if TYPE_CHECKING:  # a graph backend opens without torch
+    import torch
+
+    from ..models.wsol import WSOLModel
+
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin", ".npz")  # .npz: the demo's packed weights
 
 
@@ -30,7 +36,7 @@ def read_model_info(path: str | Path) -> GraphInfo:
     return read_graph_info(path)
 
 
-def load_checkpoint_for(checkpoint: str | Path, info: GraphInfo):
+def load_checkpoint_for(checkpoint: str | Path, info: GraphInfo) -> WSOLModel:
     """The checkpoint a deployed model came from, built as the export recorded it (architecture and
     feature-map size, which DA-WSOL checkpoints do not carry), and checked to have its classes."""
     from ..models import load_model
@@ -52,7 +58,7 @@ def open_model(
     target_layer: str | None = None,
     threads: int | None = None,
     exact: bool = False,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     large_feature_map: bool | None = None,
     checkpoint_option: str | None = "--checkpoint",
 ) -> Backend:

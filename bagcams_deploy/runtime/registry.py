@@ -15,6 +15,8 @@ from ..errors import BagcamsError
 from .base import Backend
 
 if TYPE_CHECKING:  # graph backends must not pull torch into a deployment process
+    import torch
+
     from ..export.contract import GraphInfo
     from ..models.wsol import WSOLModel
 
@@ -118,7 +120,7 @@ def create_backend(
     target_layer: str | None = None,
     threads: int | None = None,
     exact: bool = False,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
 ) -> Backend:
     """Build backend ``name``. Graph backends need ``graph``; torch backends need ``model`` and take the
     method, target layer and input size from ``graph``'s metadata when one is given.
