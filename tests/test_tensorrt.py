@@ -219,13 +219,22 @@ def test_plan_record_stands_in_for_the_graph_metadata(small_graph, tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "needle"),
     [("mean", [0.485, 0.456], "'mean' must hold 3 numbers"), ("std", [0.2, 0.2, 0.2, 0.2], "'std' must hold 3"),
-     ("mean", 0.5, "'mean' is not a list of numbers")],
+     ("mean", 0.5, "'mean' is not a list of numbers"),
+     ("outputs", "logits,cam", "'outputs' must be a list of output names"),
+     ("outputs", ["logits", 3], "'outputs' must be a list of output names"),
+     ("large_feature_map", "false", "'large_feature_map' must be true or false"),
+     ("num_classes", 5.7, "'num_classes' must be an integer"), ("num_classes", True, "'num_classes' must be an"),
+     ("method", ["bagcams"], "'method' must be a method name"),
+     ("input_size", [64], "'input_size' must be "),
+     ("gradient_scale", "1", "'gradient_scale' must be a number")],
 )  # fmt: skip
-def test_plan_record_mean_and_std_are_held_to_the_graph_rule(cli, small_graph, checkpoints, tmp_path, field, value,
-                                                             needle):  # fmt: skip
+def test_plan_record_fields_are_held_to_the_types_build_engine_writes(cli, small_graph, checkpoints, tmp_path,
+                                                                      field, value, needle):  # fmt: skip
     """A plan record's mean/std, like a graph's, hold one number per RGB channel: a hand-edited record
     with two once became a GraphInfo whose mean had two (its type says three), and ``verify``/``localize``
-    ended in a ``zip() argument 2 is longer than argument 1`` traceback at the first batch."""
+    ended in a ``zip() argument 2 is longer than argument 1`` traceback at the first batch. The other
+    fields likewise: a string ``outputs`` was split into letters, ``"false"`` read as a true flag, 5.7
+    classes as 5."""
     from bagcams_deploy.runtime.open import read_model_info
 
     plan = tmp_path / "m.plan"

@@ -116,27 +116,51 @@ def rebuild_command(sidecar: dict, plan: str | Path) -> str:
 
 
 def graph_info_of_plan(plan: str | Path, record: dict | None = None) -> GraphInfo:
-    """The export metadata a plan was built from (its sidecar's copy), as for an ONNX graph."""
+    """The export metadata a plan was built from (its sidecar's copy), as for an ONNX graph.
+
+    The record is JSON a user can edit (its sha256 covers the plan, not itself), so each field is held
+    to the type ``build-engine`` writes: a string ``outputs`` would otherwise be split into letters."""
     record = record if record is not None else read_sidecar(plan)
+    where = str(sidecar_path(plan))
+
+    def field(key: str, kinds: tuple[type, ...], what: str, optional: bool = False):
+        value = g.get(key) if optional else g[key]
+        if value is None and optional:
+            return None
+        if isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool)):  # JSON true is no number
+            return value
+        raise BagcamsError(f"{where}: metadata '{key}' must be {what}, got {value!r}")
+
+    def int_pair(key: str) -> tuple[int, int]:
+        value = g[key]
+        if isinstance(value, list) and len(value) == 2 and all(type(v) is int and v > 0 for v in value):
+            return value[0], value[1]
+        raise BagcamsError(f"{where}: metadata '{key}' must be [height, width], got {value!r}")
+
     try:
         g = record["graph"]
+        if not isinstance(g, dict):
+            raise BagcamsError(f"{where}: 'graph' must be the export metadata, got {g!r}")
+        outputs = field("outputs", (list,), "a list of output names")
+        if not all(isinstance(name, str) for name in outputs):
+            raise BagcamsError(f"{where}: metadata 'outputs' must be a list of output names, got {outputs!r}")
         return GraphInfo(
             path=str(plan),
-            method=g["method"],
-            target_layer=g["target_layer"],
-            architecture=g["architecture"],
-            num_classes=int(g["num_classes"]),
-            input_size=(int(g["input_size"][0]), int(g["input_size"][1])),
-            mean=float_triple(g["mean"], "mean", str(sidecar_path(plan))),
-            std=float_triple(g["std"], "std", str(sidecar_path(plan))),
-            gradient_scale=float(g["gradient_scale"]),
-            precision=str(g["precision"]),
-            outputs=tuple(g["outputs"]),
+            method=field("method", (str,), "a method name"),
+            target_layer=field("target_layer", (str,), "a layer name"),
+            architecture=field("architecture", (str,), "an architecture name"),
+            num_classes=field("num_classes", (int,), "an integer"),
+            input_size=int_pair("input_size"),
+            mean=float_triple(g["mean"], "mean", where),
+            std=float_triple(g["std"], "std", where),
+            gradient_scale=float(field("gradient_scale", (int, float), "a number")),
+            precision=field("precision", (str,), "a precision name"),
+            outputs=tuple(outputs),
             producer_version=str(g.get("producer_version", "")),
-            large_feature_map=g.get("large_feature_map"),
+            large_feature_map=field("large_feature_map", (bool,), "true or false", optional=True),
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise BagcamsError(f"{sidecar_path(plan)}: incomplete export metadata ({exc})") from None
+        raise BagcamsError(f"{where}: incomplete export metadata ({exc})") from None
 
 
 def read_sidecar(plan: str | Path) -> dict:
