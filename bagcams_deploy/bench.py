@@ -350,8 +350,8 @@ def _count(value: object, name: str, least: int) -> int:
 
 
 def run_benchmark(
-    model_path: str,
-    checkpoint: str | None,
+    model_path: str | os.PathLike,
+    checkpoint: str | os.PathLike | None,
     backends: str | list[str],
     batch_sizes: int | list[int],
     warmup: int = 3,

@@ -197,13 +197,15 @@ def writable_output(path: Path) -> Path:
 
 def json_safe(value: object) -> object:
     """NaN and infinities as null, through dicts, lists and tuples: ``json.dumps`` would write ``NaN``,
-    which is not JSON, into a report (a non-finite measure fails its check anyway)."""
+    which is not JSON, into a report (a non-finite measure fails its check anyway); paths as text."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
+    if isinstance(value, os.PathLike):  # a library caller's Path where the report names a file
+        return os.fspath(value)
     return value
 
 

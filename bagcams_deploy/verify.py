@@ -285,7 +285,7 @@ def judged_precision(backend: Backend) -> str:
 def verify_backend(
     backend: Backend,
     model: WSOLModel,
-    graph: str,
+    graph: str | os.PathLike,
     image_paths: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     num_random: int = 8,
     seed: int | None = None,

@@ -81,6 +81,23 @@ def test_a_single_path_is_one_image_and_a_folder_is_its_images_or_refused(setup,
     assert rep.images[0].source.startswith("random#")  # verify's own random inputs pass the input bound
 
 
+def test_paths_given_as_path_objects_are_written_to_reports_as_text(setup, monkeypatch, tmp_path):
+    """verify_backend's graph and run_benchmark's model and checkpoint may be Path objects (every other
+    path argument is): the reports name them as text instead of failing to serialise."""
+    import json
+
+    with create_backend("ort-cpu", graph=setup["graph"]) as b:
+        rep = verify_backend(b, load_model(setup["ckpt"]), setup["graph"], num_random=1, seed=0)
+    assert json.loads(json.dumps(rep.to_dict()))["model"] == str(setup["graph"])
+
+    monkeypatch.setattr(bench, "_run_isolated", lambda job, timeout: {"ok": True, "times": [0.01], "peak": 1.0,
+                                                                      "before": 1.0, "extra": {}})  # fmt: skip
+    report = bench.run_benchmark(setup["graph"], Path(setup["ckpt"]), "ort-cpu", 1, warmup=0, iters=1,
+                                 include_floor=False)  # fmt: skip
+    saved = json.loads(bench.save_report(report, tmp_path / "r.json").read_text())
+    assert (saved["model"], saved["checkpoint"]) == (str(setup["graph"]), str(setup["ckpt"]))
+
+
 def test_run_benchmark_takes_one_backend_name_and_one_batch_size(setup, monkeypatch):
     jobs: list[dict] = []
 
