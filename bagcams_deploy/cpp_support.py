@@ -15,7 +15,17 @@ from pathlib import Path
 
 from .errors import OPENVINO_HINT, BagcamsError, require
 
-EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "cpp"
+EXAMPLE_DIR = Path(__file__).resolve().parent.parent / "examples" / "cpp"  # in a source checkout only
+
+
+def example_dir() -> Path:
+    """The C++ example's source folder: it is in the repository, not in the installed wheel."""
+    if not (EXAMPLE_DIR / "CMakeLists.txt").is_file():
+        raise BagcamsError(
+            f"the C++ example's sources (examples/cpp) are not installed with the package (looked in {EXAMPLE_DIR}): "
+            "they are in bagcams-deploy's source repository"
+        )
+    return EXAMPLE_DIR
 
 
 def openvino_cmake_dir() -> Path:
@@ -55,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.lib_dir:
             print(openvino_lib_dir())
         else:
-            print(EXAMPLE_DIR)
+            print(example_dir())
     except BagcamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
