@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from . import __version__
 from .errors import BagcamsError
 
 app = typer.Typer(
@@ -20,6 +21,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"bagcams-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    pass
+
 
 # Command modules under bagcams_deploy/commands, each with register(app).
 COMMAND_MODULES = ("core", "export_verify", "bench", "evaluate", "engine", "backends", "demo")

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bagcams_deploy import __version__
+
+
+def test_version_option_prints_the_package_version(cli):
+    r = cli("--version")
+    assert r.code == 0, r.err
+    assert r.out.strip() == f"bagcams-deploy {__version__}"
+
 
 def test_cpp_example_dir_outside_a_checkout_is_one_line(capsys, monkeypatch, tmp_path):
     """Installed from a wheel there is no examples/cpp beside the package: say so in one line, never
