@@ -460,7 +460,7 @@ class AggregationKernel:
 def source_sha256() -> str:
     """sha256 of the kernel sources as build.sh stamps it (cuh, cu, h concatenated).
 
-    For checkouts (the tests): the wheel ships the .cuh/.cu but not necessarily the .h.
+    The wheel ships all three beside the fatbin and its stamp; ``BAGCAMS_KERNEL_SRC`` points elsewhere.
     """
     import hashlib
 
