@@ -100,7 +100,8 @@ def test_the_wheel_metadata(dists):
     meta = dists["metadata"]
     assert meta["Name"] == "bagcams-deploy" and meta["Version"] == __version__
     assert meta["Requires-Python"] == ">=3.10"
-    assert meta["License-Expression"] == "MIT"
+    assert meta["License-Expression"] == "MIT" and meta.get_all("License-File") == ["LICENSE"]
+    assert f"bagcams_deploy-{__version__}.dist-info/licenses/LICENSE" in dists["wheel"]
     assert meta["Description-Content-Type"] == "text/markdown"
     assert "bagcams-deploy = bagcams_deploy.cli:main" in dists["entry_points"]
 
