@@ -75,8 +75,16 @@ def validate_scoremap(scoremap: np.ndarray, name: str = "scoremap") -> np.ndarra
 
 
 def scoremap_to_uint8(scoremap: np.ndarray) -> np.ndarray:
-    """``(scoremap * 255).astype(np.uint8)``: the 8-bit image wsolevaluation thresholds."""
-    return (validate_scoremap(scoremap) * 255).astype(np.uint8)
+    """``(scoremap * 255).astype(np.uint8)``: the 8-bit image wsolevaluation thresholds.
+
+    A half-precision map is multiplied in float32, where ``value * 255`` is exact (11 + 8 significant
+    bits), as the evaluation of saved maps does (``to_eval_size``); in float16 the product rounds
+    and 131 of its 7169 values in [0, 1] would land one level too high (0.19995 -> 51, not 50).
+    """
+    arr = validate_scoremap(scoremap)
+    if arr.dtype.itemsize < 4:
+        arr = arr.astype(np.float32)
+    return (arr * 255).astype(np.uint8)
 
 
 def threshold_levels(scoremap_image: np.ndarray, thresholds: Sequence[float] | np.ndarray) -> np.ndarray:
