@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,8 +41,15 @@ def otsu_threshold(score_map: np.ndarray) -> float:
     img = np.uint8(np.clip(score_map, 0, 1) * 255)
     if img.max() == 0:
         return 1.0
-    t, _ = cv2.threshold(img, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    return float(t) / float(img.max())
+    level, _ = cv2.threshold(img, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    peak = float(img.max())
+    t = float(level) / peak
+    # The boxes binarise at int(t * peak), which must give Otsu's level back (foreground: > level);
+    # level / peak * peak can round to just below it (15 / 22 * 22 = 14.999...), which would make the
+    # pixels at exactly the level foreground too. One ulp up restores it.
+    if int(t * peak) < level:
+        t = math.nextafter(t, math.inf)
+    return t
 
 
 BOX_FORMAT = "x0,y0,x1,y1: inclusive pixel edges in the original image"

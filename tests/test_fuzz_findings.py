@@ -37,3 +37,18 @@ def test_a_half_precision_map_is_binarised_like_its_float32_copy():
     half.accumulate(m, gt)
     single.accumulate(m.astype(np.float32), gt)
     assert half.num_correct.tolist() == single.num_correct.tolist() == [[1]]
+
+
+def test_otsu_boxes_split_the_map_where_otsu_does():
+    # Found: Otsu's level 15 on a map peaking at 22 came back as t = 15 / 22, and int(t * 22) = 14, so
+    # the boxes took the pixels at exactly 15 (Otsu's background) as foreground: here the whole image.
+    # 1087 (level, peak) pairs with peak <= 255 are affected; peaks below 255 are common after the
+    # map is resized to the image.
+    from bagcams_deploy.evaluation import object_boxes
+    from bagcams_deploy.localize import otsu_threshold
+
+    m = np.full((12, 16), 15.5 / 255, np.float32)
+    m[3:6, 4:9] = 22.5 / 255
+    t = otsu_threshold(m)
+    assert int(t * 22) == 15 and abs(t - 15 / 22) < 1e-15
+    assert object_boxes(m, t) == [[4, 3, 8, 5]]
