@@ -313,6 +313,11 @@ def test_bad_gt_boxes_and_settings():
         BoxEvaluator(interval=0)
     with pytest.raises(BagcamsError, match="IoU deltas"):
         BoxEvaluator(iou_deltas=(0, 50))
+    # whole percentages only: 30.5 used to be scored at 30 unsaid; a string is no list of deltas
+    for deltas in ((30.5, 50), ("50",), "50", (True,), (float("nan"),)):
+        with pytest.raises(BagcamsError, match="IoU deltas must be whole percentages"):
+            BoxEvaluator(iou_deltas=deltas)
+    assert BoxEvaluator(iou_deltas=(np.int64(30), 50.0)).iou_deltas == (30, 50)
 
 
 def test_reports_and_plots(tmp_path):

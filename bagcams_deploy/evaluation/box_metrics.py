@@ -7,6 +7,7 @@ estimated boxes and the GT boxes is compared with each IoU delta; only integer c
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -103,9 +104,12 @@ class BoxEvaluator:
         fast: bool = True,
     ) -> None:
         self.thresholds = checked_thresholds(thresholds, interval)
-        self.iou_deltas = tuple(int(d) for d in iou_deltas)
-        if not self.iou_deltas or any(not 0 < d <= 100 for d in self.iou_deltas):
-            raise BagcamsError(f"IoU deltas must be percentages in (0, 100], got {list(iou_deltas)}")
+        deltas = list(iou_deltas) if not isinstance(iou_deltas, str | bytes) else [iou_deltas]
+        # Whole percentages, as the metrics are keyed and reported: int(30.5) would score at 30 unsaid.
+        if not deltas or any(isinstance(d, bool) or not isinstance(d, numbers.Real) or not float(d).is_integer()
+                             or not 0 < d <= 100 for d in deltas):  # fmt: skip
+            raise BagcamsError(f"IoU deltas must be whole percentages in (0, 100], got {deltas}")
+        self.iou_deltas = tuple(int(d) for d in deltas)
         self.multi_contour = bool(multi_contour)
         self.fast = bool(fast)
         self._iou_cut = np.array([d / 100 for d in self.iou_deltas], dtype=np.float64)[:, None]
