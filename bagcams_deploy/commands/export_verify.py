@@ -45,16 +45,23 @@ def export(
     small_feature_map: bool = typer.Option(
         False, "--small-feature-map", help="checkpoint trained without the large feature map (e.g. OpenImages)"
     ),
+    exporter: str = typer.Option(
+        "torchscript", "--exporter", help="torchscript | dynamo (torch.export-based; needs onnxscript)"
+    ),
 ) -> None:
     """Export the analytic CAM graph: logits, features, exact gradients and the map, for every input."""
     from ..export.contract import check_graph_name
-    from ..export.onnx_export import export_onnx
+    from ..export.onnx_export import EXPORTERS, export_onnx, require_onnxscript
     from ..models import load_model
     from ..models.checkpoint import check_checkpoint_file
     from ..outputs import output_file
 
     if method not in METHODS:
         raise BagcamsError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if exporter not in EXPORTERS:
+        raise BagcamsError(f"unknown --exporter {exporter!r}; valid: {', '.join(EXPORTERS)}")
+    if exporter == "dynamo":
+        require_onnxscript()  # before the checkpoint is read
     output_file(output, "--output", {"the checkpoint": checkpoint})
     check_checkpoint_file(checkpoint)  # a missing checkpoint is the first thing to fix
     check_graph_name(output, "--output")  # before the checkpoint is read, which can take long
@@ -67,7 +74,7 @@ def export(
         kwargs["gradient_scale"] = gradient_scale
     r = export_onnx(
         model, output, method=method, target_layer=target_layer, input_size=input_size,
-        with_cam=not no_cam, opset=opset, dynamic_size=dynamic_size, **kwargs,
+        with_cam=not no_cam, opset=opset, dynamic_size=dynamic_size, exporter=exporter, **kwargs,
     )  # fmt: skip
     typer.echo(
         f"wrote {r.path} ({r.size_bytes / 1e6:.1f} MB, opset {r.opset}, {r.precision}) in {r.seconds:.1f}s: "

@@ -23,6 +23,12 @@ MIN_OPSET = 17
 DEFAULT_OPSET = 18
 # ONNX Conv (and most arithmetic) accepts bfloat16 from opset 22 on; TensorRT's parser reads up to 24.
 BF16_MIN_OPSET = 22
+# torchscript: torch.onnx.export(dynamo=False), the default; dynamo: the torch.export-based exporter
+# (needs onnxscript), which torch keeps once the TorchScript one is removed.
+EXPORTERS = ("torchscript", "dynamo")
+# The dynamo exporter's operator library is written at opset 18; below it, torch's down-conversion fails
+# on our graphs and silently keeps 18.
+DYNAMO_MIN_OPSET = 18
 
 
 @dataclass(frozen=True)
@@ -67,14 +73,8 @@ def max_opset() -> int:
         return BF16_MIN_OPSET
 
 
-def _trace_to_onnx(
-    module: torch.nn.Module,
-    example: tuple,
-    outputs: tuple[str, ...],
-    opset: int,
-    dynamic_size: bool,
-    output_shapes: list[tuple[int, ...]],
-):
+def _dynamic_axes(outputs: tuple[str, ...], dynamic_size: bool) -> dict[str, dict[int, str]]:
+    """The symbolic axes of every input and output: N always; H, W (and h, w of the maps) when dynamic."""
     dyn: dict[str, dict[int, str]] = {"image": {0: "N"}, "class_id": {0: "N"}}
     if dynamic_size:
         dyn["image"].update({2: "H", 3: "W"})
@@ -84,6 +84,10 @@ def _trace_to_onnx(
             dyn[name].update({2: "h", 3: "w"})
         if dynamic_size and name == "cam":
             dyn[name].update({2: "H", 3: "W"})
+    return dyn
+
+
+def _torchscript_graph(module: torch.nn.Module, example: tuple, outputs: tuple[str, ...], opset: int, dyn: dict):
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
@@ -100,7 +104,110 @@ def _trace_to_onnx(
         )
     import onnx
 
-    proto = onnx.load_from_string(buf.getvalue())
+    return onnx.load_from_string(buf.getvalue())
+
+
+def require_onnxscript() -> None:
+    """The dynamo exporter translates through onnxscript, an optional dependency: say so in one line."""
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise BagcamsError(
+            "--exporter dynamo needs onnxscript: pip install 'bagcams-deploy[dynamo]' (or pip install onnxscript)"
+        ) from None
+
+
+def _restore_fused_weight_types(model) -> None:
+    """Give the convolutions of a bf16 graph back their bfloat16 weights.
+
+    onnxscript's optimiser folds BatchNorm into the convolution before it (FuseBatchNormIntoConv) in
+    numpy, where bfloat16 arithmetic (ml_dtypes) comes out float32: the Conv then takes a float32 W and
+    B with a bfloat16 X, which the ONNX checker refuses. The fused values are cast back to the type of
+    the data they are applied to, as the TorchScript exporter's own folding leaves them.
+    """
+    import onnx_ir as ir
+
+    for node in model.graph:
+        if node.op_type not in ("Conv", "ConvTranspose") or node.domain not in ("", "ai.onnx"):
+            continue
+        want = node.inputs[0].dtype if node.inputs and node.inputs[0] is not None else None
+        if want is None or want == ir.DataType.FLOAT:
+            continue
+        for value in node.inputs[1:]:
+            if value is None or value.const_value is None or value.dtype in (None, want):
+                continue
+            value.const_value = ir.tensor(value.const_value.numpy().astype(want.numpy()), name=value.name)
+            value.dtype = want
+
+
+def _dynamo_graph(module: torch.nn.Module, example: tuple, outputs: tuple[str, ...], opset: int, dyn: dict):
+    """torch.export, then the ONNX translation and onnxscript's optimiser, with the contract's axis names.
+
+    Axes are ``Dim.DYNAMIC`` (named Dims make torch.export's constraint solver fail on Inception's
+    strided size arithmetic) and renamed here: torch.export calls them s0, s1, ... throughout.
+    """
+    import logging
+    import re
+
+    from torch.export import Dim
+
+    require_onnxscript()
+    shapes = {name: dict.fromkeys(axes, Dim.DYNAMIC) for name, axes in dyn.items() if name in INPUT_NAMES}
+    # "torchvision is not installed", the symbolic-shape solver's notes: not the user's business
+    noisy = ("torch.onnx", "torch.export", "torch.fx.experimental.symbolic_shapes", "onnxscript")
+    quiet = [logging.getLogger(n) for n in noisy]
+    levels = [lg.level for lg in quiet]
+    try:
+        for lg in quiet:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                example,
+                dynamo=True,
+                verbose=False,
+                opset_version=opset,
+                input_names=list(INPUT_NAMES),
+                output_names=list(outputs),
+                dynamic_shapes=shapes,
+                optimize=True,
+            )
+    finally:
+        for lg, level in zip(quiet, levels, strict=True):
+            lg.setLevel(level)
+    _restore_fused_weight_types(program.model)
+    proto = program.model_proto
+    # torch.export's symbols (s40, s73, ...) -> the contract's names, in every shape the graph states.
+    rename: dict[str, str] = {}
+    for value in proto.graph.input:
+        for axis, d in enumerate(value.type.tensor_type.shape.dim):
+            name = dyn.get(value.name, {}).get(axis)
+            if name is not None and d.dim_param:
+                rename[d.dim_param] = name
+    if rename:
+        pattern = re.compile(r"\b(" + "|".join(map(re.escape, rename)) + r")\b")
+        for value in (*proto.graph.input, *proto.graph.value_info, *proto.graph.output):
+            for d in value.type.tensor_type.shape.dim:
+                if d.dim_param:
+                    d.dim_param = pattern.sub(lambda m: rename[m.group(1)], d.dim_param)
+    for node in proto.graph.node:  # stack traces with this machine's paths, FX node dumps: size, no use
+        del node.metadata_props[:]
+    return proto
+
+
+def _trace_to_onnx(
+    module: torch.nn.Module,
+    example: tuple,
+    outputs: tuple[str, ...],
+    opset: int,
+    dynamic_size: bool,
+    output_shapes: list[tuple[int, ...]],
+    exporter: str = "torchscript",
+):
+    dyn = _dynamic_axes(outputs, dynamic_size)
+    graph = _dynamo_graph if exporter == "dynamo" else _torchscript_graph
+    proto = graph(module, example, outputs, opset, dyn)
     # The tracer cannot tell that reshapes keep the map's shape; state the output shapes plainly.
     for out, shape in zip(proto.graph.output, output_shapes, strict=True):
         dims = out.type.tensor_type.shape.dim
@@ -127,6 +234,7 @@ def export_onnx(
     gradient_scale: float | None = None,
     precision: str = "fp32",
     calibration_images: torch.Tensor | None = None,
+    exporter: str = "torchscript",
 ) -> ExportResult:
     """Write the analytic CAM graph of ``model`` to ``output`` and check it (full checker + shapes).
 
@@ -135,6 +243,8 @@ def export_onnx(
     unless given. The scale is recorded in the metadata and undone by the in-graph map and kernels.
     ``opset`` defaults to 18, and to 22 for bf16 (the first opset whose Conv takes bfloat16); a bf16
     graph is for TensorRT on Ampere or newer: ONNX Runtime's CPU provider has no bfloat16 Conv.
+    ``exporter`` ``dynamo`` uses torch's torch.export-based exporter (needs onnxscript) instead of
+    the TorchScript one; the graphs compute the same outputs.
     """
     import onnx
 
@@ -143,6 +253,10 @@ def export_onnx(
     require_wsol_model(model)
     output_file(Path(output), "output")
     check_graph_name(output)
+    if exporter not in EXPORTERS:
+        raise BagcamsError(f"unknown exporter {exporter!r}; valid: {', '.join(EXPORTERS)}")
+    if exporter == "dynamo":
+        require_onnxscript()  # before the calibration and the model pass, which can take long
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int | np.integer)):
         raise BagcamsError(f"opset must be an integer, got {opset!r}")
     if opset is None:  # the default: 18, or the first opset whose convolutions take bfloat16
@@ -153,6 +267,8 @@ def export_onnx(
         raise BagcamsError(f"opset {opset} is too old; use {MIN_OPSET} or newer")
     if opset > max_opset():
         raise BagcamsError(f"opset {opset} is newer than torch {torch.__version__} can export (at most {max_opset()})")
+    if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
+        raise BagcamsError(f"--exporter dynamo writes opset {DYNAMO_MIN_OPSET} or newer, got --opset {opset}")
     if precision == "bf16" and opset < BF16_MIN_OPSET:
         raise BagcamsError(f"--precision bf16 needs --opset {BF16_MIN_OPSET} or newer (ONNX convolutions take "
                            f"bfloat16 from opset {BF16_MIN_OPSET}), got {opset}")  # fmt: skip
@@ -188,7 +304,7 @@ def export_onnx(
         shapes = [tuple(v.shape) for v in twin(*example)]
         net.static_shapes = not dynamic_size
         try:
-            proto = _trace_to_onnx(net, example, net.output_names, opset, dynamic_size, shapes)
+            proto = _trace_to_onnx(net, example, net.output_names, opset, dynamic_size, shapes, exporter)
         finally:
             net.static_shapes = False
     props = metadata_props(
