@@ -108,3 +108,43 @@ def test_tf32_emulation_rounds_to_ten_mantissa_bits():
     want = torch.tensor([1.0, 1 + 2**-10, -(1 + 2 * 2**-10), 3.0, float("inf"), -0.0, 2**-130])
     assert torch.equal(got, want)
     assert torch.isnan(module.to_tf32(torch.tensor([float("nan")]))).all()
+
+
+def _half_peak(path, images: np.ndarray) -> float:
+    """The largest |value| of any half-precision tensor of the graph at ``path`` on ``images``.
+
+    ONNX Runtime's CPU provider has no float16 convolution: it runs a half-precision graph's
+    convolutions in float32, so a value past half precision's 65504 comes out as it is (or as inf)
+    instead of overflowing as it would on a GPU. This measures the range the graph needs."""
+    import onnxruntime as ort
+
+    proto = onnx.load(str(path))
+    half = [v for v in proto.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16]
+    proto.graph.output.extend(half)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids = np.full(len(images), -1, np.int64)
+    out = sess.run([v.name for v in half], {"image": images, "class_id": ids})
+    return max(float(np.abs(v.astype(np.float32)).max()) for v in out)
+
+
+def test_dynamic_size_half_graph_keeps_the_calibrated_range_at_every_input_size(models, tmp_path):
+    """The seed is W_c / (h w): calibrated at 128 px, a dynamic fp16 graph's backward grew 16x at 32 px
+    (toward half precision's 65504; the shipped model at 32 px, calibrated at 224: 53215) and shrank
+    at large sizes. Seeded at the calibrated size, its range is the same at every size, and its
+    ``gradients`` output is still gradient_scale x the float32 gradient."""
+    model = models["resnet18"]
+    calib = torch.from_numpy(random_images(4, (128, 128), 0))
+    half, full = tmp_path / "dyn_fp16.onnx", tmp_path / "dyn_fp32.onnx"
+    r = export_onnx(model, half, method="bagcams", dynamic_size=True, precision="fp16", calibration_images=calib)
+    export_onnx(model, full, method="bagcams", dynamic_size=True)
+    images = {s: random_images(2, (s, s), 1) for s in (32, 128, 384)}
+    peaks = {s: _half_peak(half, x) for s, x in images.items()}
+    assert peaks[32] < 3 * peaks[128] < 3 * 2**11, peaks
+    assert peaks[384] > peaks[128] / 3, peaks
+    with create_backend("ort-cpu", graph=half) as b16, create_backend("ort-cpu", graph=full) as b32:
+        for s in (32, 384):
+            o16, o32 = b16.infer(images[s]), b32.infer(images[s])
+            g16, g32 = o16["gradients"] / np.float32(r.gradient_scale), o32["gradients"]
+            assert np.linalg.norm(g16 - g32) / np.linalg.norm(g32) < 0.05
+            for a, b in zip(o16["cam"], o32["cam"], strict=True):
+                assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99

@@ -33,6 +33,7 @@ VARIANTS = [
     ("resnet18", "bagcams", "bf16", dict()),
     ("resnet18", "gradcam", "fp16", dict(with_cam=False)),
     ("resnet18", "bagcams", "fp32", dict(dynamic_size=True)),
+    ("resnet18", "bagcams", "fp16", dict(dynamic_size=True)),  # the seed at the calibrated size (AnalyticCAM)
     ("inception_v3", "bagcams", "fp32", dict()),
     ("inception_v3", "pcs", "fp16", dict()),
 ]

@@ -47,6 +47,12 @@ class AnalyticCAM(nn.Module):
     gradient seed, 1/|s_c| and the map in float32; inputs and outputs float32. The analytic gradient
     is about |W_c| / (h w s_c), far below half precision's normal range, so the seed is multiplied
     by ``gradient_scale`` (see :func:`calibrate_gradient_scale`) and the map divides it out.
+
+    The seed is ``W_c / (h w)``, so the backward pass's magnitudes go as 1/(h w) of the last stage:
+    a dynamic-size half-precision graph calibrated at 224 would overflow half precision on small
+    inputs and underflow on large ones. ``seed_positions`` (the calibration size's h w) fixes the
+    seed at the calibrated magnitude whatever the input size; the factor ``seed_positions / (h w)``
+    is then applied after the backward pass, in float32, so the ``gradients`` output is unchanged.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class AnalyticCAM(nn.Module):
         with_cam: bool = True,
         gradient_scale: float = 1.0,
         precision: str = "fp32",
+        seed_positions: int | None = None,
     ):
         super().__init__()
         if precision not in PRECISIONS:
@@ -73,6 +80,9 @@ class AnalyticCAM(nn.Module):
         cut = names.index(layer) + 1
         self.method, self.target_layer, self.with_cam = method, layer, with_cam
         self.gradient_scale = float(gradient_scale)
+        if seed_positions is not None and not (isinstance(seed_positions, int) and seed_positions > 0):
+            raise BagcamsError(f"seed_positions must be a positive integer, got {seed_positions!r}")
+        self.seed_positions = seed_positions
         self.precision = precision
         self.compute_dtype = PRECISIONS[precision]
         self.architecture, self.num_classes = model.architecture, model.num_classes
@@ -125,7 +135,9 @@ class AnalyticCAM(nn.Module):
             return outputs
 
         hw = int(x.shape[2]) * int(x.shape[3]) if self.static_shapes else x.shape[2] * x.shape[3]
-        seed = w_c * (self.gradient_scale / hw)
+        # With ``seed_positions`` the half-precision backward runs at the calibrated magnitude at every
+        # input size, and the true 1/(h w) is restored below in float32.
+        seed = w_c * (self.gradient_scale / (hw if self.seed_positions is None else self.seed_positions))
         magnitude = None
         if self.method == "bagcams":
             # d log(s_c) = d s_c / s_c. Guided ReLUs are only positively homogeneous, so the sign of
@@ -148,6 +160,8 @@ class AnalyticCAM(nn.Module):
             grad = grad.float()
         if magnitude is not None:
             grad = grad * magnitude[:, :, None, None]
+        if self.seed_positions is not None:
+            grad = grad * (self.seed_positions / hw)
         outputs = (logits, used, features, grad)
         if self.with_cam:
             outputs += (gradient_map(self.method, features, grad, size, self.gradient_scale),)
@@ -169,6 +183,16 @@ class AnalyticCAM(nn.Module):
         if (class_id >= self.num_classes).any():
             raise BagcamsError(f"class id {int(class_id.max())} out of range: the model has {self.num_classes} classes")
         return dict(zip(self.output_names, self(image, class_id.to(torch.int64)), strict=True))
+
+
+@torch.no_grad()
+def last_stage_positions(model: WSOLModel, size: tuple[int, int]) -> int:
+    """h x w of the model's last stage for ``size`` (H, W) inputs: the positions the seed spreads over."""
+    snap = model.snapshot(torch.float32)
+    x = torch.zeros(1, 3, *size, device=snap.classifier.fc.weight.device)
+    for name in snap.stage_names:
+        x = snap.stage(name)(x)
+    return int(x.shape[2]) * int(x.shape[3])
 
 
 # Half precision: largest finite 65504; keep the largest backward value near 2^10 for headroom.

@@ -16,7 +16,7 @@ from ..errors import BagcamsError
 from ..models.wsol import WSOLModel, require_wsol_model
 from ..preprocessing import MEAN, STD
 from ..reference.cams import check_images
-from .analytic import AnalyticCAM, calibrate_gradient_scale
+from .analytic import AnalyticCAM, calibrate_gradient_scale, last_stage_positions
 from .contract import INPUT_NAMES, check_graph_name, metadata_props
 
 MIN_OPSET = 17
@@ -278,6 +278,7 @@ def export_onnx(
             f"--input-size {size} is below the minimum {model.spec.min_input_size} for {model.architecture}"
         )
     t0 = time.perf_counter()
+    calibrated_size = size  # the input size whose backward range the scale was chosen for
     if gradient_scale is None:
         gradient_scale = 1.0
         if precision != "fp32" and method != "cam":
@@ -293,9 +294,17 @@ def export_onnx(
             else:
                 calib = torch.from_numpy(random_images(8, size, 0))
             gradient_scale = calibrate_gradient_scale(model, method, target_layer, calib)
+            calibrated_size = (int(calib.shape[2]), int(calib.shape[3]))
+    # Traced on the CPU wherever the model lives. A dynamic-size half-precision graph seeds its backward
+    # at the calibrated size's magnitude (see AnalyticCAM): otherwise it would overflow half precision
+    # on small inputs and underflow on large ones.
+    seed_positions = None
+    if dynamic_size and precision != "fp32" and method != "cam":
+        seed_positions = last_stage_positions(model, calibrated_size)
     net = AnalyticCAM(
-        model, method, target_layer, with_cam=with_cam, gradient_scale=gradient_scale, precision=precision
-    ).cpu()  # traced on the CPU wherever the model lives
+        model, method, target_layer, with_cam=with_cam, gradient_scale=gradient_scale, precision=precision,
+        seed_positions=seed_positions,
+    ).cpu()  # fmt: skip
     gen = torch.Generator().manual_seed(0)
     example = (torch.randn(1, 3, *size, generator=gen), torch.full((1,), -1, dtype=torch.int64))
     with torch.no_grad():
