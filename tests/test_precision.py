@@ -148,3 +148,28 @@ def test_dynamic_size_half_graph_keeps_the_calibrated_range_at_every_input_size(
             assert np.linalg.norm(g16 - g32) / np.linalg.norm(g32) < 0.05
             for a, b in zip(o16["cam"], o32["cam"], strict=True):
                 assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
+def test_a_half_precision_overflow_is_named_as_one_with_its_remedy(models, tmp_path, monkeypatch):
+    """On a GPU an fp16 graph overflows past 65504 where the float32 graph does not (ONNX Runtime's
+    CPU provider computes its convolutions in float32 and cannot show it); the error then says so
+    and how to avoid it, instead of blaming the weights, and localize's form names the file."""
+    from bagcams_deploy.checks import NonFiniteOutputError, name_non_finite
+
+    path = tmp_path / "half.onnx"
+    export_onnx(models["resnet18"], path, method="gradcam", input_size=TEST_SIZE["resnet18"], precision="fp16")
+    x = random_images(2, (TEST_SIZE["resnet18"],) * 2, 0)
+    with create_backend("ort-cpu", graph=path) as b:
+        real = b.infer_impl
+
+        def overflowing(images, ids):
+            out = real(images, ids)
+            out["gradients"][1, 0, 0, 0] = np.inf  # what a half-precision engine gives past 65504
+            return out
+
+        monkeypatch.setattr(b, "infer_impl", overflowing)
+        with pytest.raises(NonFiniteOutputError) as info:
+            b.infer(x)
+    message = str(name_non_finite(info.value, ["a.png", "b.png"]))
+    assert "gradients is NaN or infinite for b.png:" in message and "\n" not in message
+    assert "fp16 graph" in message and "65504" in message and "--precision fp32" in message

@@ -143,7 +143,8 @@ class Backend(ABC):
             with self._lock:  # also keeps deactivate() from freeing buffers under a running call
                 self.activate()
                 outputs = self.infer_impl(images, ids)
-        check_finite_outputs(self.name, outputs)
+        # graph backends carry their graph's info (fp16 graphs overflow at 65504 on a GPU); torch ones run float32
+        check_finite_outputs(self.name, outputs, getattr(getattr(self, "info", None), "precision", "fp32"))
         return outputs
 
     @abstractmethod
