@@ -49,6 +49,7 @@ class BackendSpec:
     outputs: tuple[str, ...]
     gradient_scale: float = 1.0
     class_names: tuple[str, ...] | None = None
+    precision: str = "fp32"  # the graph's (an fp16 graph's non-finite output is named as an overflow)
 
 
 DEFAULT_INPUT_SIZE = (224, 224)  # what a dynamic-size graph is fed unless told otherwise
@@ -143,8 +144,7 @@ class Backend(ABC):
             with self._lock:  # also keeps deactivate() from freeing buffers under a running call
                 self.activate()
                 outputs = self.infer_impl(images, ids)
-        # graph backends carry their graph's info (fp16 graphs overflow at 65504 on a GPU); torch ones run float32
-        check_finite_outputs(self.name, outputs, getattr(getattr(self, "info", None), "precision", "fp32"))
+        check_finite_outputs(self.name, outputs, self.spec.precision)
         return outputs
 
     @abstractmethod

@@ -30,6 +30,7 @@ def spec_from_graph(info: GraphInfo, class_names: tuple[str, ...] | None = None)
         outputs=info.outputs,
         gradient_scale=info.gradient_scale,
         class_names=class_names,
+        precision=info.precision,
     )
 
 
