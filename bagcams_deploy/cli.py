@@ -7,7 +7,10 @@ Every command parses its options, calls the library and renders the result. A :c
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 
@@ -51,14 +54,43 @@ for _name in COMMAND_MODULES:
     _module.register(app)
 
 
+class Terminated(BaseException):
+    """SIGTERM (``kill``, ``timeout``, a batch system's time limit, ``docker stop``) as an interruption:
+    the run ends as on Ctrl-C, its ``finally`` blocks writing the run record (``boxes.json`` with
+    ``"complete": false``), so that the rerun takes its files back instead of refusing them. Not a
+    ``KeyboardInterrupt``, which Typer turns into exit 130: this one exits 143, as SIGTERM does."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the record short
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` while the command runs (Python's default ends the process
+    at once, leaving a half-written output folder without its record)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (an embedding program): its own handling stands
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main() -> None:
     """Console-script entry point: one-line errors, never a traceback for user mistakes.
 
     Typer runs in standalone mode, so usage errors and ``--help`` are its own (exit 2 and 0); our
-    error type propagates out of it and is printed here as one line with exit 1.
+    error type propagates out of it and is printed here as one line with exit 1. Ctrl-C exits 130 and
+    SIGTERM 143, each after the run has written its record.
     """
     try:
-        app()
+        with _sigterm_interrupts():
+            app()
     except BagcamsError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -71,6 +103,9 @@ def main() -> None:
             "error: out of memory: try a smaller --batch-size or --input-size, or a larger --cam-interval", err=True
         )
         sys.exit(1)
+    except Terminated:
+        typer.echo("terminated", err=True)
+        sys.exit(128 + signal.SIGTERM)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

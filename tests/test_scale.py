@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
+
 from bagcams_deploy.progress import progress_bar, progress_line
 
 
@@ -55,3 +57,70 @@ def test_localize_and_evaluate_off_a_terminal_report_progress(cli, checkpoints, 
     r = cli("evaluate", "--maps", maps, "--metadata", data / "metadata" / "test", "--cam-interval", "0.01")
     assert r.code == 0, r.err
     assert sum(ln.startswith("evaluating: ") for ln in r.err.splitlines()) == 3
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does_so_its_finally_blocks_write_the_record(tmp_path):
+    """``kill``, ``timeout`` and batch systems send SIGTERM, whose default ends Python at once: a
+    localize run left its maps without boxes.json, and the rerun refused them as the user's files."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    marker = tmp_path / "finally-ran"
+    script = f"""
+import os, signal, sys
+from bagcams_deploy import cli
+
+def command():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.pthread_kill(signal.pthread_self(), 0)  # let the handler run
+        for _ in range(10**7):
+            pass
+    finally:
+        open({str(marker)!r}, "w").write("record written")
+        os.kill(os.getpid(), signal.SIGTERM)  # a second one does not cut the finally short
+        open({str(marker)!r}, "a").write(", twice")
+
+cli.app = command
+cli.main()
+"""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 143, (r.returncode, r.stderr)
+    assert r.stderr.strip() == "terminated"
+    assert marker.read_text() == "record written, twice"
+
+
+def test_localize_stopped_by_sigterm_leaves_a_record_the_rerun_takes_back(cli, checkpoints, tmp_path, monkeypatch):
+    import json
+    import os
+    import signal
+
+    from bagcams_deploy.scenes import write_dataset
+
+    data = write_dataset(tmp_path / "scenes", {"train": 0, "val": 0, "test": 4}, seed=1, size=64)
+    out = tmp_path / "out"
+    real, calls = np.save, []
+
+    def terminated_on_the_third_map(path, array, *a, **k):
+        calls.append(path)
+        if len(calls) == 3:
+            # without a handler SIGTERM would end pytest itself: fail instead
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL, "SIGTERM ends the run without a record"
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(path, array, *a, **k)
+
+    monkeypatch.setattr("bagcams_deploy.localize.np.save", terminated_on_the_third_map)
+    args = ("localize", data / "images" / "test", "--model", checkpoints["resnet18"], "--out", out,
+            "--input-size", "64", "--batch-size", "1")  # fmt: skip
+    r = cli(*args)
+    assert r.code == 143 and r.err.strip().endswith("terminated"), r.err
+    doc = json.loads((out / "boxes.json").read_text())
+    assert doc["complete"] is False and len(doc["images"]) >= 2
+    monkeypatch.setattr("bagcams_deploy.localize.np.save", real)
+    r = cli(*args)
+    assert r.code == 0, r.err
+    assert json.loads((out / "boxes.json").read_text())["complete"] is True
