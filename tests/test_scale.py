@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 
 from bagcams_deploy.progress import progress_bar, progress_line
 
@@ -124,3 +125,33 @@ def test_localize_stopped_by_sigterm_leaves_a_record_the_rerun_takes_back(cli, c
     r = cli(*args)
     assert r.code == 0, r.err
     assert json.loads((out / "boxes.json").read_text())["complete"] is True
+
+
+@pytest.mark.parametrize("missing", ["image", "mask", "map"])
+def test_evaluate_refuses_a_missing_file_late_in_the_split_before_scoring_any_image(
+    missing, cli, checkpoints, tmp_path, monkeypatch
+):
+    """The last image's file missing used to stop the run there, after scoring every image before it
+    (an hour into ImageNet val): the README promises such mistakes are refused before any long run."""
+    from bagcams_deploy.evaluation.runner import Scorer
+    from bagcams_deploy.scenes import write_dataset
+
+    data = write_dataset(tmp_path / "scenes", {"train": 0, "val": 0, "test": 3}, seed=1, size=64)
+    meta = data / "metadata" / "test"
+    last = (meta / "image_ids.txt").read_text().split()[-1]
+    maps = tmp_path / "maps"
+    if missing == "map":
+        for image_id in (meta / "image_ids.txt").read_text().split()[:-1]:
+            (maps / image_id).parent.mkdir(parents=True, exist_ok=True)
+            np.save(maps / f"{image_id}.npy", np.random.default_rng(0).random((224, 224), dtype=np.float32))
+        source = ["--maps", maps]
+    else:
+        (data / ("images" if missing == "image" else "masks") / last).unlink()
+        source = ["--model", checkpoints["resnet18"], "--input-size", "64", "--data-root", data / "images"]
+    scored = []
+    real = Scorer.add
+    monkeypatch.setattr(Scorer, "add", lambda self, *a: (scored.append(a[0]), real(self, *a)))
+    r = cli("evaluate", *source, "--metadata", meta, "--mask-metadata", data / "metadata_masks" / "test",
+            "--mask-root", data / "masks", "--cam-interval", "0.01", "--batch-size", "1")  # fmt: skip
+    assert r.code == 1 and r.err.startswith("error: ") and last in r.err, r.err
+    assert scored == []

@@ -182,6 +182,35 @@ def map_path(maps_dir: Path, image_id: str) -> Path:
     )
 
 
+def check_split_files(
+    scorer: Scorer, ids: list[str], data_root: str | Path | None = None, maps_dir: Path | None = None
+) -> None:
+    """Refuse a split whose files are not all there before the first image is scored, as ``localize``
+    does: a missing or unreadable image (its header is read, not its pixels), mask or precomputed map
+    used to stop the run where it was met, after every image before it (an hour into ImageNet val)."""
+    from ..images import check_images
+
+    if data_root is not None:
+        check_images([Path(data_root) / i for i in ids], min_side=1)
+    if maps_dir is not None:
+        for image_id in ids:
+            map_path(maps_dir, image_id)
+    mm = scorer.mask_meta
+    if scorer.mask_eval is not None and mm is not None and scorer.mask_root is not None:
+        checked: set[str] = set()
+        for image_id in ids:
+            if image_id not in mm.mask_paths:
+                raise BagcamsError(f"no mask for image {image_id} in {mm.root}/localization.txt")
+            ignore = mm.ignore_paths.get(image_id)
+            named = [(n, "mask") for n in mm.mask_paths[image_id]] + ([(ignore, "ignore mask")] if ignore else [])
+            for name, what in named:
+                if name not in checked:  # one ignore mask often serves every image
+                    checked.add(name)
+                    if not (scorer.mask_root / name).is_file():  # load_gt_mask's words, for image_id
+                        raise BagcamsError(f"{scorer.mask_root / name}: cannot read {what} of image {image_id} "
+                                           "(no such file)")  # fmt: skip
+
+
 def evaluate_backend(
     backend: Backend,
     scorer: Scorer,
@@ -209,6 +238,7 @@ def evaluate_backend(
     spec = backend.spec
     size, _ = run_input_size(spec, input_size, getattr(backend, "path", None) or backend.name)
     ids = scorer.meta.image_ids[:limit] if limit else scorer.meta.image_ids
+    check_split_files(scorer, ids, data_root=data_root)
     out_dir = Path(save_maps) if save_maps else None
     runs = [(backend, scorer), *(extra_backends or [])]
     # Each run is timed as if alone: the shared decoding plus its own inference and scoring.
@@ -280,8 +310,10 @@ def evaluate_maps(
     maps_dir = Path(maps_dir)
     if not maps_dir.is_dir():
         raise BagcamsError(f"maps folder not found: {maps_dir}")
+    ids = scorer.meta.image_ids[:limit] if limit else scorer.meta.image_ids
+    check_split_files(scorer, ids, maps_dir=maps_dir)
     t0 = time.perf_counter()
-    for image_id in scorer.meta.image_ids[:limit] if limit else scorer.meta.image_ids:
+    for image_id in ids:
         path = map_path(maps_dir, image_id)
         try:
             m = np.load(path)
