@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Collection, Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -156,20 +157,30 @@ def earlier_run_files(folder: Path, names: Collection[str]) -> dict[str, set[str
     return {cmd: hits for cmd, hits in found.items() if hits}
 
 
-def finish_run_record(out: Path, command: str, doc: dict, earlier: set[Path], planned: Iterable[str] = ()) -> list[str]:
+def finish_run_record(
+    out: Path,
+    command: str,
+    doc: dict,
+    earlier: set[Path],
+    planned: Iterable[str] = (),
+    checkpoints: RecordCheckpoints | None = None,
+) -> list[str]:
     """Write ``command``'s record ``doc`` (with ``complete`` and the per-image ``images``, each naming its
     ``map`` and ``overlay``) into ``out`` at the end of a run, successful or not, so that the folder
     holds one run: once a run succeeds, the ``earlier`` run's files it did not rewrite are removed; a
     partial run lists what is left of the earlier one as ``stale_outputs``, for the next run to remove,
     with any of its ``planned`` names that exist but made no entry (a map written just before the
     interruption, its overlay not), so that no file of ours is left that a rerun would have to refuse;
-    a run that wrote nothing leaves the earlier run's files and record as they were. Returns one note
-    line per stale file it could not remove (a folder in their place, no permission)."""
+    a run that wrote nothing leaves the earlier run's files and record as they were (``checkpoints``,
+    the run's :class:`RecordCheckpoints`, puts back the record it replaced). Returns one note line per
+    stale file it could not remove (a folder in their place, no permission)."""
     written = {out / n for r in doc["images"] for n in (r["map"], r["overlay"])}
     orphans = {out / n for n in planned} - written - earlier
     leftover = sorted(p for p in (earlier | orphans) - written if os.path.lexists(p))
     if not doc["complete"]:
         if not doc["images"] and not any(p in orphans for p in leftover):
+            if checkpoints is not None:
+                checkpoints.undo()
             return []
         doc["stale_outputs"] = [p.name for p in leftover]
     with write_atomically(out / RECORDS[command]) as f:
@@ -185,6 +196,63 @@ def finish_run_record(out: Path, command: str, doc: dict, earlier: set[Path], pl
             except OSError as exc:
                 kept.append(f"{stale} ({exc.strerror or type(exc).__name__})")
     return [f"left {k}, which the earlier run listed" for k in kept]
+
+
+#: Seconds between two checkpoints of a run record (:class:`RecordCheckpoints`).
+CHECKPOINT_INTERVAL = 60.0
+
+
+class RecordCheckpoints:
+    """Keeps ``command``'s record in ``out`` true while a run writes, for a run that ends without its
+    ``finally`` (SIGKILL, the kernel's out-of-memory killer, a lost machine): call it before each batch
+    writes its files. The first call (before the run's first file) and then one at most every
+    ``interval`` seconds write the record so far (``"complete": false``) with, as ``stale_outputs``,
+    the earlier run's files and every name this run may still write, so the files such an end leaves
+    are listed and the rerun takes them back instead of refusing them as the user's. The record is
+    rewritten a few times per hour, never per batch (a 50,000-image record is ~20 MB); a run that
+    writes nothing leaves the earlier record as it was, as :func:`finish_run_record` does."""
+
+    def __init__(
+        self,
+        out: Path,
+        command: str,
+        doc: dict,
+        earlier: set[Path],
+        planned: Iterable[str],
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.out, self.command, self.doc, self.clock = out, command, doc, clock
+        self.interval = CHECKPOINT_INTERVAL if interval is None else interval
+        self.claimed = {p.name for p in earlier} | set(planned)
+        self.last: float | None = None
+        self.writes = 0
+        self.original: bytes | None = None
+
+    def __call__(self) -> None:
+        now = self.clock()
+        if self.last is not None and now - self.last < self.interval:
+            return
+        self.last = now
+        index = self.out / RECORDS[self.command]
+        if self.writes == 0:  # the earlier run's record, for a run that ends having written nothing
+            self.original = index.read_bytes() if index.is_file() else None
+        written = {n for r in self.doc["images"] for n in (r["map"], r["overlay"])}
+        doc = {**self.doc, "complete": False, "stale_outputs": sorted(self.claimed - written)}
+        with write_atomically(index) as f:
+            f.write(json.dumps(doc, indent=2).encode())
+        self.writes += 1
+
+    def undo(self) -> None:
+        """Put back the record the first checkpoint replaced (none if there was none)."""
+        if not self.writes:
+            return
+        index = self.out / RECORDS[self.command]
+        if self.original is None:
+            index.unlink(missing_ok=True)
+        else:
+            with write_atomically(index) as f:
+                f.write(self.original)
 
 
 def writable_output(path: Path) -> Path:

@@ -155,3 +155,97 @@ def test_evaluate_refuses_a_missing_file_late_in_the_split_before_scoring_any_im
             "--mask-root", data / "masks", "--cam-interval", "0.01", "--batch-size", "1")  # fmt: skip
     assert r.code == 1 and r.err.startswith("error: ") and last in r.err, r.err
     assert scored == []
+
+
+def _subprocess_env():
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.parametrize("command", ["localize", "cam"])
+def test_a_run_killed_outright_leaves_a_record_listing_its_files_and_the_rerun_takes_them(
+    command, cli, checkpoints, tmp_path
+):
+    """SIGKILL (the out-of-memory killer, a lost node) runs no ``finally``: a long localize or cam run
+    so ended left thousands of files without a record, and the rerun refused them as the user's."""
+    import json
+    import subprocess
+    import sys
+
+    from bagcams_deploy.scenes import write_dataset
+
+    data = write_dataset(tmp_path / "scenes", {"train": 0, "val": 0, "test": 4}, seed=1, size=64)
+    out = tmp_path / "out"
+    ckpt = checkpoints["resnet18"]
+    if command == "localize":
+        args = ["localize", data / "images" / "test", "--model", ckpt, "--out", out, "--input-size", "64"]
+        target = "bagcams_deploy.localize"
+    else:
+        args = ["cam", ckpt, data / "images" / "test", "--out", out, "--input-size", "64"]
+        target = "bagcams_deploy.visualize"
+    args = [str(a) for a in [*args, "--batch-size", "1"]]
+    script = f"""
+import os, signal, sys, importlib
+from bagcams_deploy import cli
+module = importlib.import_module({target!r})
+real, calls = module.save_png, []
+
+def killed_on_the_third_overlay(path, image):
+    calls.append(path)
+    if len(calls) == 3:  # c's map is on disk, its overlay is not, and no finally will run
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(path, image)
+
+module.save_png = killed_on_the_third_overlay
+sys.argv = ["bagcams-deploy", *{args!r}]
+cli.main()
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_subprocess_env(),
+                       timeout=300)  # fmt: skip
+    assert r.returncode == -9, (r.returncode, r.stderr)
+    record = out / ("boxes.json" if command == "localize" else "cam.json")
+    doc = json.loads(record.read_text())  # the checkpoint written before the first file
+    assert doc["complete"] is False
+    assert len(list(out.glob("*.npy"))) == 3 and len(list(out.glob("*_overlay.png"))) == 2
+    r = cli(*args)
+    assert r.code == 0, r.err
+    assert json.loads(record.read_text())["complete"] is True
+
+
+def test_the_record_is_written_before_the_first_file_and_at_the_end_not_per_batch(
+    cli, checkpoints, tmp_path, monkeypatch
+):
+    import bagcams_deploy.outputs as outputs
+    from bagcams_deploy.scenes import write_dataset
+
+    data = write_dataset(tmp_path / "scenes", {"train": 0, "val": 0, "test": 6}, seed=1, size=64)
+    real, writes = outputs.write_atomically, []
+    monkeypatch.setattr(outputs, "write_atomically", lambda path: (writes.append(path.name), real(path))[1])
+    r = cli("localize", data / "images" / "test", "--model", checkpoints["resnet18"], "--out", tmp_path / "out",
+            "--input-size", "64", "--batch-size", "1")  # fmt: skip
+    assert r.code == 0, r.err
+    assert writes == ["boxes.json", "boxes.json"]  # 6 batches: a checkpoint before the first, and the record
+
+
+def test_a_run_that_fails_before_writing_a_file_leaves_the_earlier_record_as_it_was(
+    cli, checkpoints, tmp_path, monkeypatch
+):
+    from bagcams_deploy.scenes import write_dataset
+
+    data = write_dataset(tmp_path / "scenes", {"train": 0, "val": 0, "test": 2}, seed=1, size=64)
+    out = tmp_path / "out"
+    args = ("localize", data / "images" / "test", "--model", checkpoints["resnet18"], "--out", out,
+            "--input-size", "64")  # fmt: skip
+    assert cli(*args).code == 0
+    before = (out / "boxes.json").read_bytes()
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("bagcams_deploy.localize.np.save", full_disk)
+    r = cli(*args)
+    assert r.code == 1 and "No space left" in r.err
+    assert (out / "boxes.json").read_bytes() == before

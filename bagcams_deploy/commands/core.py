@@ -149,6 +149,7 @@ def cam(
     """PyTorch-reference maps for image files: per image an overlay PNG (class and probability) and the
     normalised map (.npy) at --input-size; one cam.json listing them."""
     from ..outputs import (
+        RecordCheckpoints,
         check_distinct_stems,
         finish_run_record,
         output_dir,
@@ -193,6 +194,7 @@ def cam(
         "complete": False,
         "images": records,
     }
+    checkpoint = RecordCheckpoints(out, "cam", doc, earlier, planned_output_names(paths))
     try:
         with progress_bar(len(paths), f"{method} maps") as advance:
             for start in range(0, len(paths), batch_size):
@@ -204,6 +206,7 @@ def cam(
                     r = compute_cams(model, x, method, target_layer, ids)
                 except NonFiniteOutputError as exc:
                     raise name_non_finite(exc, [str(p) for p in chunk]) from None
+                checkpoint()  # the record lists every file a hard kill may leave
                 for i, (p, rgb) in enumerate(zip(chunk, rgbs, strict=True)):
                     m = r.maps[i, 0].numpy()
                     c = int(r.class_ids[i])
@@ -219,7 +222,7 @@ def cam(
                 advance(len(chunk))
         doc["complete"] = True
     finally:  # the record, as localize's boxes.json: a rerun replaces this run's files and reads none
-        for note in finish_run_record(out, "cam", doc, earlier, planned_output_names(paths)):
+        for note in finish_run_record(out, "cam", doc, earlier, planned_output_names(paths), checkpoint):
             print_note(note)
     wrote = f"{plural(len(paths), 'overlay')} and {plural(len(paths), 'map')}"
     typer.echo(f"wrote {wrote} to {out}, listed in {out / 'cam.json'}")
