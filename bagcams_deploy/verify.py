@@ -8,8 +8,9 @@ much, and whether boxes change, instead of a single pass/fail bit; tolerances de
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 
 from .errors import BagcamsError
 from .export.contract import GraphInfo, read_graph_info
+from .images import check_images
 from .models.wsol import WSOLModel
 from .outputs import json_safe
 from .preprocessing import image_path_list, load_image, preprocess
@@ -191,11 +193,15 @@ def _box_iou(a: tuple[int, ...], b: tuple[int, ...]) -> float:
 
 def random_images(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
     """Smooth random RGB scenes (low-frequency noise plus blobs), normalised: realistic activations."""
+    return np.stack(list(_random_image_stream(n, size, seed)))
+
+
+def _random_image_stream(n: int, size: tuple[int, int], seed: int) -> Iterator[np.ndarray]:
+    """:func:`random_images` one normalised [3, H, W] image at a time (the same images)."""
     import cv2
 
     rng = np.random.default_rng(seed)
     h, w = size
-    out = []
     for _ in range(n):
         base = rng.random((max(h // 16, 2), max(w // 16, 2), 3)).astype(np.float32)
         img = cv2.resize(base, (w, h), interpolation=cv2.INTER_CUBIC)
@@ -205,8 +211,14 @@ def random_images(n: int, size: tuple[int, int], seed: int) -> np.ndarray:
             colour = tuple(float(v) for v in rng.random(3))
             cv2.circle(img, (int(cx), int(cy)), r, colour, -1)
         img += rng.normal(0, 0.03, img.shape).astype(np.float32)
-        out.append(np.uint8(np.clip(img, 0, 1) * 255))
-    return preprocess(out, size).numpy()
+        yield preprocess([np.uint8(np.clip(img, 0, 1) * 255)], size).numpy()[0]
+
+
+def _batches(items: Iterator[tuple[np.ndarray, str]], size: int) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """Images with their sources, ``size`` at a time as one array: only one batch is ever in memory
+    (``verify --images`` of a 50,000-image folder used to pre-process every image into one array)."""
+    while chunk := list(itertools.islice(items, size)):
+        yield np.stack([image for image, _ in chunk]), [source for _, source in chunk]
 
 
 def check_checkpoint_matches(graph: str | GraphInfo, model: WSOLModel) -> None:
@@ -319,16 +331,12 @@ def verify_backend(
     precision = judged_precision(backend)
     tol = tolerances or Tolerances.for_precision(precision)
     seed = int.from_bytes(os.urandom(4), "little") if seed is None else int(seed)
-    batches: list[tuple[np.ndarray, list[str]]] = []
-    if num_random > 0:
-        imgs = random_images(num_random, size, seed)
-        batches.append((imgs, [f"random#{i} (seed {seed})" for i in range(num_random)]))
-    for path in paths:
-        batches.append((preprocess([load_image(path)], size).numpy(), [str(path)]))
-    if not batches:
+    if num_random <= 0 and not paths:
         raise BagcamsError("nothing to verify: give --images or --num-random > 0")
-    images = np.concatenate([b[0] for b in batches])
-    sources = [s for b in batches for s in b[1]]
+    check_images(paths)  # headers: an unreadable file fails now, not after the batches before it
+    randoms = ((im, f"random#{i} (seed {seed})") for i, im in enumerate(_random_image_stream(num_random, size, seed)))
+    files = ((preprocess([load_image(p)], size).numpy()[0], str(p)) for p in paths)
+    batches = _batches(itertools.chain(randoms, files), batch_size)
 
     device = getattr(getattr(backend, "device", None), "type", "cpu")
     if fp64_reference:
@@ -341,8 +349,8 @@ def verify_backend(
     reports: list[ImageReport] = []
     frozen_any = False
     map_source = "cam output"
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
+    start = 0
+    for chunk, chunk_sources in batches:
         ref = reference.infer(chunk)
         got = backend.infer(chunk, ref["class_id_used"])
         if "cam" not in got and "gradients" in got:
@@ -354,11 +362,12 @@ def verify_backend(
         missing = [k for k in ("logits", "class_id_used", "features", "cam") if k not in got]
         if missing:
             raise BagcamsError(f"{backend.name} returned no {', '.join(missing)} output")
-        reps, frozen = compare_outputs(ref, got, tol, sources[start : start + batch_size])
+        reps, frozen = compare_outputs(ref, got, tol, chunk_sources)
         for r in reps:
             r.index += start
         reports.extend(reps)
         frozen_any = frozen_any or frozen
+        start += len(chunk)
     failures = [f"image {r.index} ({r.source}): {msg}" for r in reports for msg in r.failures]
     if frozen_any:
         failures.insert(

@@ -249,3 +249,32 @@ def test_a_run_that_fails_before_writing_a_file_leaves_the_earlier_record_as_it_
     r = cli(*args)
     assert r.code == 1 and "No space left" in r.err
     assert (out / "boxes.json").read_bytes() == before
+
+
+def test_verify_of_a_folder_decodes_one_batch_at_a_time(checkpoints, tmp_path, monkeypatch):
+    """verify --images DIR pre-processed every image into one array before the first batch: 600 KB
+    per image at 224 px, 30 GB for a 50,000-image folder. Now at most one batch is decoded ahead."""
+    import bagcams_deploy.verify as verify
+    from bagcams_deploy.models import load_model
+    from bagcams_deploy.runtime.torch_backends import TorchReferenceBackend
+
+    from .test_cli import write_image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        write_image(folder / f"{i}.png", seed=i)
+    model = load_model(checkpoints["resnet18"])
+    backend = TorchReferenceBackend(model, "gradcam", "layer3", input_size=(64, 64), published_autograd=False)
+    decoded, seen = [], []
+    real_load, real_infer = verify.load_image, backend.infer
+    monkeypatch.setattr(verify, "load_image", lambda p: (decoded.append(p), real_load(p))[1])
+    monkeypatch.setattr(
+        backend, "infer", lambda x, ids=None: (seen.append((len(x), len(decoded))), real_infer(x, ids))[1]
+    )
+    rep = verify.verify_backend(backend, model, "m", folder, num_random=3, seed=1, batch_size=2)
+    # batches of 2 across the random images and the files; decoded files never run ahead of the batch
+    assert [n for n, _ in seen] == [2, 2, 2, 2]
+    assert [d for _, d in seen] == [0, 1, 3, 5]
+    assert [r.source for r in rep.images][2:] == ["random#2 (seed 1)", *(str(folder / f"{i}.png") for i in range(5))]
+    assert [r.index for r in rep.images] == list(range(8))
