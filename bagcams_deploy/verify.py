@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -305,8 +305,10 @@ def verify_backend(
     batch_size: int = 8,
     fp64_reference: bool = False,
     input_size: int | tuple[int, int] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Run ``backend`` and the reference on the same fresh random (+ given) images and compare.
+    """Run ``backend`` and the reference on the same fresh random (+ given) images and compare
+    (``on_batch(n)`` after each batch of ``n``, e.g. a progress bar's advance).
 
     ``fp64_reference`` computes the reference in float64: the ground truth where the float32
     reference's own rounding flips a ReLU mask (GradCAM++ and PCS are ill-conditioned, flat images
@@ -368,6 +370,8 @@ def verify_backend(
         reports.extend(reps)
         frozen_any = frozen_any or frozen
         start += len(chunk)
+        if on_batch is not None:
+            on_batch(len(chunk))
     failures = [f"image {r.index} ({r.source}): {msg}" for r in reports for msg in r.failures]
     if frozen_any:
         failures.insert(

@@ -272,7 +272,11 @@ def test_verify_of_a_folder_decodes_one_batch_at_a_time(checkpoints, tmp_path, m
     monkeypatch.setattr(
         backend, "infer", lambda x, ids=None: (seen.append((len(x), len(decoded))), real_infer(x, ids))[1]
     )
-    rep = verify.verify_backend(backend, model, "m", folder, num_random=3, seed=1, batch_size=2)
+    batches = []
+    rep = verify.verify_backend(
+        backend, model, "m", folder, num_random=3, seed=1, batch_size=2, on_batch=batches.append
+    )
+    assert batches == [2, 2, 2, 2]  # what verify's progress bar counts
     # batches of 2 across the random images and the files; decoded files never run ahead of the batch
     assert [n for n, _ in seen] == [2, 2, 2, 2]
     assert [d for _, d in seen] == [0, 1, 3, 5]

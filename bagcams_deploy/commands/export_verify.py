@@ -127,6 +127,7 @@ def verify(
     """Compare a deployment with the PyTorch reference; exit 1 when a tolerance is exceeded."""
     from ..outputs import output_file
     from ..preprocessing import expand_image_paths
+    from ..progress import progress_bar
     from ..runtime import create_backend
     from ..runtime.base import run_input_size
     from ..runtime.open import PLAN_SUFFIXES, load_checkpoint_for, read_model_info
@@ -166,9 +167,9 @@ def verify(
                 raise BagcamsError(f"{flag} must be a number in [{lo}, {hi}], got {value}")
             setattr(tol, name, value)
             overridden.append(f"{flag} {value:g}")
-    with b:
+    with b, progress_bar(num_random + len(paths or []), "verifying") as advance:
         rep = verify_backend(b, model, str(model_path), paths, num_random, seed, tol, fp64_reference=fp64_reference,
-                             input_size=input_size)  # fmt: skip
+                             input_size=input_size, on_batch=advance)  # fmt: skip
     rep.bars = f"{preset} preset" + (" (--bars)" if bars else "") + "".join(f", {o}" for o in overridden)
     _render(rep)
     if report:
