@@ -212,21 +212,28 @@ def _run_isolated(job: dict, timeout: float) -> dict:
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(job, queue))
-    proc.start()
     what = f"benchmark of {job['backend']} at batch {job['batch']}"
-    deadline = time.monotonic() + timeout
-    while True:  # poll, so a child that dies (out of memory, a crash in native code) is reported at once
-        try:
-            result = queue.get(timeout=1.0)
-            break
-        except Exception:
-            if not proc.is_alive():
-                if proc.exitcode == UNGUARDED_SCRIPT_EXIT:
-                    raise BagcamsError(UNGUARDED_SCRIPT) from None
-                raise BagcamsError(f"{what}: the benchmark process died (exit code {proc.exitcode})") from None
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise BagcamsError(f"{what} timed out after {timeout:.0f}s") from None
+    try:
+        proc.start()  # inside: an interruption while it spawns must not leave the child behind either
+        deadline = time.monotonic() + timeout
+        while True:  # poll, so a child that dies (out of memory, a crash in native code) is reported at once
+            try:
+                result = queue.get(timeout=1.0)
+                break
+            except Exception:
+                if not proc.is_alive():
+                    if proc.exitcode == UNGUARDED_SCRIPT_EXIT:
+                        raise BagcamsError(UNGUARDED_SCRIPT) from None
+                    raise BagcamsError(f"{what}: the benchmark process died (exit code {proc.exitcode})") from None
+                if time.monotonic() > deadline:
+                    raise BagcamsError(f"{what} timed out after {timeout:.0f}s") from None
+    except BaseException:
+        # a timeout, Ctrl-C or SIGTERM (the CLI's Terminated): the child must not outlive the run, and
+        # multiprocessing's exit handler would otherwise wait for it to finish its timed calls
+        if proc.pid is not None:  # started (killing one that has ended is a no-op)
+            proc.kill()
+            proc.join()
+        raise
     proc.join()
     return result
 
