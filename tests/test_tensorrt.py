@@ -219,7 +219,8 @@ def test_plan_record_stands_in_for_the_graph_metadata(small_graph, tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "needle"),
     [("mean", [0.485, 0.456], "'mean' must hold 3 numbers"), ("std", [0.2, 0.2, 0.2, 0.2], "'std' must hold 3"),
-     ("mean", 0.5, "'mean' is not a list of numbers"),
+     ("mean", 0.5, "'mean' is not a list of numbers"), ("mean", "485", "'mean' is not a list of numbers"),
+     ("std", [True, 0.2, 0.2], "'std' is not a list of numbers"),
      ("outputs", "logits,cam", "'outputs' must be a list of output names"),
      ("outputs", ["logits", 3], "'outputs' must be a list of output names"),
      ("large_feature_map", "false", "'large_feature_map' must be true or false"),

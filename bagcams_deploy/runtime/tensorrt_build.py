@@ -131,6 +131,13 @@ def graph_info_of_plan(plan: str | Path, record: dict | None = None) -> GraphInf
             return value
         raise BagcamsError(f"{where}: metadata '{key}' must be {what}, got {value!r}")
 
+    def number_triple(key: str) -> tuple[float, float, float]:
+        value = g[key]  # JSON numbers: a string would be read digit by digit ("485"), true as 1.0
+        numbers = isinstance(value, list) and all(type(v) in (int, float) for v in value)
+        if not numbers:
+            raise BagcamsError(f"{where}: metadata '{key}' is not a list of numbers: {value!r}")
+        return float_triple(value, key, where)
+
     def int_pair(key: str) -> tuple[int, int]:
         value = g[key]
         if isinstance(value, list) and len(value) == 2 and all(type(v) is int and v > 0 for v in value):
@@ -151,8 +158,8 @@ def graph_info_of_plan(plan: str | Path, record: dict | None = None) -> GraphInf
             architecture=field("architecture", (str,), "an architecture name"),
             num_classes=field("num_classes", (int,), "an integer"),
             input_size=int_pair("input_size"),
-            mean=float_triple(g["mean"], "mean", where),
-            std=float_triple(g["std"], "std", where),
+            mean=number_triple("mean"),
+            std=number_triple("std"),
             gradient_scale=float(field("gradient_scale", (int, float), "a number")),
             precision=field("precision", (str,), "a precision name"),
             outputs=tuple(outputs),
