@@ -239,15 +239,18 @@ class RecordCheckpoints:
             self.original = index.read_bytes() if index.is_file() else None
         written = {n for r in self.doc["images"] for n in (r["map"], r["overlay"])}
         doc = {**self.doc, "complete": False, "stale_outputs": sorted(self.claimed - written)}
+        # counted first: Ctrl-C or SIGTERM can land after the rename, before this line would run
+        self.writes += 1
         with write_atomically(index) as f:
             f.write(json.dumps(doc, indent=2).encode())
-        self.writes += 1
 
     def undo(self) -> None:
         """Put back the record the first checkpoint replaced (none if there was none)."""
         if not self.writes:
             return
         index = self.out / RECORDS[self.command]
+        if (index.read_bytes() if index.is_file() else None) == self.original:  # the checkpoint never landed
+            return
         if self.original is None:
             index.unlink(missing_ok=True)
         else:

@@ -50,3 +50,34 @@ def test_an_interrupted_benchmark_kills_its_child(monkeypatch, interruption):
     with pytest.raises(interruption):
         bench._run_isolated({"backend": "ort-cpu", "batch": 1}, timeout=60)
     assert procs and procs[0].killed
+
+
+def test_an_interruption_just_after_the_first_checkpoint_replaced_the_record_still_puts_it_back(
+    cli, checkpoints, tmp_path, monkeypatch
+):
+    """Ctrl-C or SIGTERM (both raised between two bytecodes) landing after the first checkpoint's
+    os.replace but before it was counted left the checkpoint in place of the earlier run's record: its
+    boxes were gone although the run wrote no file."""
+    import os
+
+    import bagcams_deploy.outputs as outputs
+    from bagcams_deploy.scenes import write_dataset
+
+    data = write_dataset(tmp_path / "scenes", {"train": 0, "val": 0, "test": 2}, seed=1, size=64)
+    out = tmp_path / "out"
+    args = ("localize", data / "images" / "test", "--model", checkpoints["resnet18"], "--out", out,
+            "--input-size", "64")  # fmt: skip
+    assert cli(*args).code == 0
+    before = (out / "boxes.json").read_bytes()
+    real = os.replace
+
+    def interrupted_after_the_replace(src, dst, *a, **k):
+        real(src, dst, *a, **k)
+        if os.fspath(dst).endswith("boxes.json"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(outputs.os, "replace", interrupted_after_the_replace)
+    r = cli(*args)
+    assert r.code == 130, r.err
+    monkeypatch.setattr(outputs.os, "replace", real)
+    assert (out / "boxes.json").read_bytes() == before
