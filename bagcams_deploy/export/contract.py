@@ -82,6 +82,7 @@ def metadata_props(
     producer_version: str,
     class_names: tuple[str, ...] | None = None,
     large_feature_map: bool | None = None,
+    exporter: str = "torchscript",
 ) -> dict[str, str]:
     props = {
         "method": method,
@@ -95,6 +96,7 @@ def metadata_props(
         "precision": precision,
         "producer": PRODUCER,
         "producer_version": producer_version,
+        "exporter": exporter,  # which torch exporter wrote the graph (--exporter): provenance only
     }
     if class_names:
         props["class_names"] = json.dumps(list(class_names))

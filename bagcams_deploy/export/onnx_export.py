@@ -329,6 +329,7 @@ def export_onnx(
         producer_version=__version__,
         class_names=model.class_names,
         large_feature_map=model.large_feature_map,
+        exporter=exporter,
     )
     del proto.metadata_props[:]
     for k, v in props.items():
