@@ -67,3 +67,14 @@ def test_goal_table_shows_a_ratio_bench_left_out_as_a_dash(cpu_bench):
     report["layers"]["layer3"]["ratios"]["ort-cpu@8"] = {"speedup_vs_torch_reference": 3.2, "x_forward_only": None}
     row = next(r for r in cpu_bench.goal_table(report).splitlines() if "layer3, batch 8" in r and "forward-only" in r)
     assert row.endswith("| - |")
+
+
+def test_fp16_stress_markdown_is_made_from_its_json():
+    """benchmarks/results/fp16_stress.md (quoted by the README) is what the script makes of the committed JSON."""
+    spec = importlib.util.spec_from_file_location("fp16_stress", ROOT / "benchmarks" / "fp16_stress.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = ROOT / "benchmarks" / "results"
+    report = json.loads((results / "fp16_stress.json").read_text())
+    assert not report["setup"]["quick"]  # the README quotes the full run
+    assert module.markdown(report) == (results / "fp16_stress.md").read_text()
