@@ -180,13 +180,13 @@ def localize_images(
         "complete": False,
         "images": records,
     }
-    checkpoint = RecordCheckpoints(out, "localize", doc, earlier, planned_output_names(paths))
+    keep_record = RecordCheckpoints(out, "localize", doc, earlier, planned_output_names(paths))
     try:
         _localize(backend, paths, out, size, threshold, multi_contour, class_id, batch_size, on_batch, records,
-                  checkpoint)  # fmt: skip
+                  keep_record)  # fmt: skip
         doc["complete"] = True
     finally:
-        for note in finish_run_record(out, "localize", doc, earlier, planned_output_names(paths), checkpoint):
+        for note in finish_run_record(out, "localize", doc, earlier, planned_output_names(paths), keep_record):
             if on_note is not None:
                 on_note(note)
     return records
@@ -203,10 +203,10 @@ def _localize(
     batch_size: int,
     on_batch: Callable[[int], None] | None,
     records: list[dict],
-    checkpoint: Callable[[], None],
+    keep_record: Callable[[], None],
 ) -> None:
     """The batches of :func:`localize_images`, appending each image's record as its files are written
-    (``checkpoint`` is called before each batch writes: see :class:`~bagcams_deploy.outputs.RecordCheckpoints`)."""
+    (``keep_record`` is called before each batch writes: see :class:`~bagcams_deploy.outputs.RecordCheckpoints`)."""
     spec = backend.spec
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
@@ -219,7 +219,7 @@ def _localize(
             raise name_non_finite(exc, [str(p) for p in chunk]) from None
         logits = res["logits"]
         maps = score_maps(spec, res, x.shape[2:])
-        checkpoint()
+        keep_record()
         for k, (p, rgb) in enumerate(zip(chunk, rgbs, strict=True)):
             h, w = rgb.shape[:2]
             full = resize_map(maps[k, 0], (h, w))

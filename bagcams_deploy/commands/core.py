@@ -194,7 +194,7 @@ def cam(
         "complete": False,
         "images": records,
     }
-    checkpoint = RecordCheckpoints(out, "cam", doc, earlier, planned_output_names(paths))
+    keep_record = RecordCheckpoints(out, "cam", doc, earlier, planned_output_names(paths))
     try:
         with progress_bar(len(paths), f"{method} maps") as advance:
             for start in range(0, len(paths), batch_size):
@@ -206,7 +206,7 @@ def cam(
                     r = compute_cams(model, x, method, target_layer, ids)
                 except NonFiniteOutputError as exc:
                     raise name_non_finite(exc, [str(p) for p in chunk]) from None
-                checkpoint()  # the record lists every file a hard kill may leave
+                keep_record()  # the record lists every file a hard kill may leave
                 for i, (p, rgb) in enumerate(zip(chunk, rgbs, strict=True)):
                     m = r.maps[i, 0].numpy()
                     c = int(r.class_ids[i])
@@ -222,7 +222,7 @@ def cam(
                 advance(len(chunk))
         doc["complete"] = True
     finally:  # the record, as localize's boxes.json: a rerun replaces this run's files and reads none
-        for note in finish_run_record(out, "cam", doc, earlier, planned_output_names(paths), checkpoint):
+        for note in finish_run_record(out, "cam", doc, earlier, planned_output_names(paths), keep_record):
             print_note(note)
     wrote = f"{plural(len(paths), 'overlay')} and {plural(len(paths), 'map')}"
     typer.echo(f"wrote {wrote} to {out}, listed in {out / 'cam.json'}")
