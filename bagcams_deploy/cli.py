@@ -61,24 +61,40 @@ class Terminated(BaseException):
     ``KeyboardInterrupt``, which Typer turns into exit 130: this one exits 143, as SIGTERM does."""
 
 
+class Interrupted(BaseException):
+    """Ctrl-C (SIGINT) while a command runs. Typer turns a ``KeyboardInterrupt`` into a silent exit 130
+    before :func:`main` sees it; this one reaches :func:`main`, which says ``interrupted`` as it says
+    ``terminated`` for SIGTERM. The run's ``finally`` blocks run as for a ``KeyboardInterrupt``."""
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the record short
     raise Terminated
 
 
+def _raise_interrupted(signum: int, frame: object) -> None:
+    # A second Ctrl-C is Python's own KeyboardInterrupt again: a user pressing it twice wants out now
+    # (the run record is written atomically, so cutting it short leaves the previous one).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise Interrupted
+
+
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM raises :class:`Terminated` while the command runs (Python's default ends the process
-    at once, leaving a half-written output folder without its record)."""
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` and SIGINT :class:`Interrupted` while the command runs
+    (Python's default for SIGTERM ends the process at once, leaving a half-written output folder
+    without its record)."""
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        previous = {s: signal.signal(s, h) for s, h in ((signal.SIGTERM, _raise_terminated),
+                                                         (signal.SIGINT, _raise_interrupted))}  # fmt: skip
     except ValueError:  # not the main thread (an embedding program): its own handling stands
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def main() -> None:
@@ -89,7 +105,7 @@ def main() -> None:
     SIGTERM 143, each after the run has written its record.
     """
     try:
-        with _sigterm_interrupts():
+        with _signals_interrupt():
             app()
     except BagcamsError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -106,7 +122,7 @@ def main() -> None:
     except Terminated:
         typer.echo("terminated", err=True)
         sys.exit(128 + signal.SIGTERM)
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         sys.exit(130)
 

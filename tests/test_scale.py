@@ -95,6 +95,44 @@ cli.main()
     assert marker.read_text() == "record written, twice"
 
 
+def test_ctrl_c_says_interrupted_and_exits_130_after_the_finally_blocks(tmp_path):
+    """Typer turns a KeyboardInterrupt into a silent exit 130 before main() sees it, so Ctrl-C printed
+    nothing where SIGTERM prints 'terminated'; a second Ctrl-C is Python's own KeyboardInterrupt again."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    marker = tmp_path / "finally-ran"
+    script = f"""
+import os, signal
+import typer
+from bagcams_deploy import cli
+
+app = typer.Typer()
+
+@app.command()
+def command():
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        signal.pthread_kill(signal.pthread_self(), 0)  # let the handler run
+        for _ in range(10**7):
+            pass
+    finally:
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        open({str(marker)!r}, "w").write("record written")
+
+cli.app = app  # a real Typer app: Typer is what swallowed the KeyboardInterrupt
+cli.main()
+"""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 130, (r.returncode, r.stderr)
+    assert r.stderr.strip() == "interrupted"
+    assert marker.read_text() == "record written"
+
+
 def test_localize_stopped_by_sigterm_leaves_a_record_the_rerun_takes_back(cli, checkpoints, tmp_path, monkeypatch):
     import json
     import os
