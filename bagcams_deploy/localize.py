@@ -18,7 +18,6 @@ from .outputs import (
     RECORDS,
     RecordCheckpoints,
     check_distinct_stems,
-    finish_run_record,
     output_dir,
     output_names,
     planned_output_names,
@@ -186,7 +185,7 @@ def localize_images(
                   keep_record)  # fmt: skip
         doc["complete"] = True
     finally:
-        for note in finish_run_record(out, "localize", doc, earlier, planned_output_names(paths), keep_record):
+        for note in keep_record.finish():
             if on_note is not None:
                 on_note(note)
     return records

@@ -174,7 +174,7 @@ def finish_run_record(
     a run that wrote nothing leaves the earlier run's files and record as they were (``checkpoints``,
     the run's :class:`RecordCheckpoints`, puts back the record it replaced). Returns one note line per
     stale file it could not remove (a folder in their place, no permission)."""
-    written = {out / n for r in doc["images"] for n in (r["map"], r["overlay"])}
+    written = {out / n for n in _entry_names(doc)}
     orphans = {out / n for n in planned} - written - earlier
     leftover = sorted(p for p in (earlier | orphans) - written if os.path.lexists(p))
     if not doc["complete"]:
@@ -183,8 +183,7 @@ def finish_run_record(
                 checkpoints.undo()
             return []
         doc["stale_outputs"] = [p.name for p in leftover]
-    with write_atomically(out / RECORDS[command]) as f:
-        f.write(json.dumps(doc, indent=2).encode())
+    _write_record(out / RECORDS[command], doc)
     kept: list[str] = []
     if doc["complete"]:
         for stale in leftover:  # only now: a failed run must not cost the earlier run's results
@@ -198,6 +197,16 @@ def finish_run_record(
     return [f"left {k}, which the earlier run listed" for k in kept]
 
 
+def _entry_names(doc: dict) -> set[str]:
+    """The file names a run record's per-image entries name (each image's map and overlay)."""
+    return {n for r in doc["images"] for n in (r["map"], r["overlay"])}
+
+
+def _write_record(index: Path, doc: dict) -> None:
+    with write_atomically(index) as f:
+        f.write(json.dumps(doc, indent=2).encode())
+
+
 #: Seconds between two checkpoints of a run record (:class:`RecordCheckpoints`).
 CHECKPOINT_INTERVAL = 60.0
 
@@ -205,12 +214,13 @@ CHECKPOINT_INTERVAL = 60.0
 class RecordCheckpoints:
     """Keeps ``command``'s record in ``out`` true while a run writes, for a run that ends without its
     ``finally`` (SIGKILL, the kernel's out-of-memory killer, a lost machine): call it before each batch
-    writes its files. The first call (before the run's first file) and then one at most every
-    ``interval`` seconds write the record so far (``"complete": false``) with, as ``stale_outputs``,
-    the earlier run's files and every name this run may still write, so the files such an end leaves
-    are listed and the rerun takes them back instead of refusing them as the user's. The record is
-    rewritten a few times per hour, never per batch (a 50,000-image record is ~20 MB); a run that
-    writes nothing leaves the earlier record as it was, as :func:`finish_run_record` does."""
+    writes its files, and :meth:`finish` in the run's ``finally``. The first call (before the run's
+    first file) and then one at most every ``interval`` seconds write the record so far
+    (``"complete": false``) with, as ``stale_outputs``, the earlier run's files and every name this run
+    may still write, so the files such an end leaves are listed and the rerun takes them back instead
+    of refusing them as the user's. The record is rewritten a few times per hour, never per batch (a
+    50,000-image record is ~20 MB); a run that writes nothing leaves the earlier record as it was, as
+    :func:`finish_run_record` does."""
 
     def __init__(
         self,
@@ -223,8 +233,9 @@ class RecordCheckpoints:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.out, self.command, self.doc, self.clock = out, command, doc, clock
+        self.earlier, self.planned = earlier, list(planned)
         self.interval = CHECKPOINT_INTERVAL if interval is None else interval
-        self.claimed = {p.name for p in earlier} | set(planned)
+        self.claimed = {p.name for p in earlier} | set(self.planned)
         self.last: float | None = None
         self.writes = 0
         self.original: bytes | None = None
@@ -237,12 +248,15 @@ class RecordCheckpoints:
         index = self.out / RECORDS[self.command]
         if self.writes == 0:  # the earlier run's record, for a run that ends having written nothing
             self.original = index.read_bytes() if index.is_file() else None
-        written = {n for r in self.doc["images"] for n in (r["map"], r["overlay"])}
-        doc = {**self.doc, "complete": False, "stale_outputs": sorted(self.claimed - written)}
+        doc = {**self.doc, "complete": False, "stale_outputs": sorted(self.claimed - _entry_names(self.doc))}
         # counted first: Ctrl-C or SIGTERM can land after the rename, before this line would run
         self.writes += 1
-        with write_atomically(index) as f:
-            f.write(json.dumps(doc, indent=2).encode())
+        _write_record(index, doc)
+
+    def finish(self) -> list[str]:
+        """The run's final record: :func:`finish_run_record` with this run's folder, record, earlier
+        files and planned names (and this checkpointer to undo, should the run write nothing)."""
+        return finish_run_record(self.out, self.command, self.doc, self.earlier, self.planned, self)
 
     def undo(self) -> None:
         """Put back the record the first checkpoint replaced (none if there was none)."""

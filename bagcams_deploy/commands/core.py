@@ -151,7 +151,6 @@ def cam(
     from ..outputs import (
         RecordCheckpoints,
         check_distinct_stems,
-        finish_run_record,
         output_dir,
         output_names,
         planned_output_names,
@@ -222,7 +221,7 @@ def cam(
                 advance(len(chunk))
         doc["complete"] = True
     finally:  # the record, as localize's boxes.json: a rerun replaces this run's files and reads none
-        for note in finish_run_record(out, "cam", doc, earlier, planned_output_names(paths), keep_record):
+        for note in keep_record.finish():
             print_note(note)
     wrote = f"{plural(len(paths), 'overlay')} and {plural(len(paths), 'map')}"
     typer.echo(f"wrote {wrote} to {out}, listed in {out / 'cam.json'}")
