@@ -10,6 +10,31 @@ import pytest
 from bagcams_deploy.progress import progress_bar, progress_line
 
 
+def _run_python(script: str, timeout: float = 120):
+    """``script`` in a fresh interpreter that imports this checkout's package (signals and kills must
+    not reach pytest itself)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def completed_localize_run(cli, checkpoints, tmp_path) -> tuple[tuple, object, bytes]:
+    """A finished localize run over two scenes: its arguments, its folder and its boxes.json bytes."""
+    from bagcams_deploy.scenes import write_dataset
+
+    data = write_dataset(tmp_path / "scenes", {"train": 0, "val": 0, "test": 2}, seed=1, size=64)
+    out = tmp_path / "out"
+    args = ("localize", data / "images" / "test", "--model", checkpoints["resnet18"], "--out", out,
+            "--input-size", "64")  # fmt: skip
+    assert cli(*args).code == 0
+    return args, out, (out / "boxes.json").read_bytes()
+
+
 def test_progress_off_a_terminal_prints_a_line_per_interval_with_rate_and_time_left(capsys):
     ticks = itertools.count(0.0, 10.0)  # every call of the clock is 10 s later
     with progress_bar(100, "localizing", interval=25.0, clock=lambda: next(ticks)) as advance:
@@ -63,11 +88,6 @@ def test_localize_and_evaluate_off_a_terminal_report_progress(cli, checkpoints, 
 def test_sigterm_ends_a_command_as_ctrl_c_does_so_its_finally_blocks_write_the_record(tmp_path):
     """``kill``, ``timeout`` and batch systems send SIGTERM, whose default ends Python at once: a
     localize run left its maps without boxes.json, and the rerun refused them as the user's files."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     marker = tmp_path / "finally-ran"
     script = f"""
 import os, signal, sys
@@ -87,9 +107,7 @@ def command():
 cli.app = command
 cli.main()
 """
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    r = _run_python(script)
     assert r.returncode == 143, (r.returncode, r.stderr)
     assert r.stderr.strip() == "terminated"
     assert marker.read_text() == "record written, twice"
@@ -98,11 +116,6 @@ cli.main()
 def test_ctrl_c_says_interrupted_and_exits_130_after_the_finally_blocks(tmp_path):
     """Typer turns a KeyboardInterrupt into a silent exit 130 before main() sees it, so Ctrl-C printed
     nothing where SIGTERM prints 'terminated'; a second Ctrl-C is Python's own KeyboardInterrupt again."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     marker = tmp_path / "finally-ran"
     script = f"""
 import os, signal
@@ -125,9 +138,7 @@ def command():
 cli.app = app  # a real Typer app: Typer is what swallowed the KeyboardInterrupt
 cli.main()
 """
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    r = _run_python(script)
     assert r.returncode == 130, (r.returncode, r.stderr)
     assert r.stderr.strip() == "interrupted"
     assert marker.read_text() == "record written"
@@ -195,14 +206,6 @@ def test_evaluate_refuses_a_missing_file_late_in_the_split_before_scoring_any_im
     assert scored == []
 
 
-def _subprocess_env():
-    import os
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-
-
 @pytest.mark.parametrize("command", ["localize", "cam"])
 def test_a_run_killed_outright_leaves_a_record_listing_its_files_and_the_rerun_takes_them(
     command, cli, checkpoints, tmp_path
@@ -210,8 +213,6 @@ def test_a_run_killed_outright_leaves_a_record_listing_its_files_and_the_rerun_t
     """SIGKILL (the out-of-memory killer, a lost node) runs no ``finally``: a long localize or cam run
     so ended left thousands of files without a record, and the rerun refused them as the user's."""
     import json
-    import subprocess
-    import sys
 
     from bagcams_deploy.scenes import write_dataset
 
@@ -241,8 +242,7 @@ module.save_png = killed_on_the_third_overlay
 sys.argv = ["bagcams-deploy", *{args!r}]
 cli.main()
 """
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_subprocess_env(),
-                       timeout=300)  # fmt: skip
+    r = _run_python(script, timeout=300)
     assert r.returncode == -9, (r.returncode, r.stderr)
     record = out / ("boxes.json" if command == "localize" else "cam.json")
     doc = json.loads(record.read_text())  # the checkpoint written before the first file
@@ -271,14 +271,7 @@ def test_the_record_is_written_before_the_first_file_and_at_the_end_not_per_batc
 def test_a_run_that_fails_before_writing_a_file_leaves_the_earlier_record_as_it_was(
     cli, checkpoints, tmp_path, monkeypatch
 ):
-    from bagcams_deploy.scenes import write_dataset
-
-    data = write_dataset(tmp_path / "scenes", {"train": 0, "val": 0, "test": 2}, seed=1, size=64)
-    out = tmp_path / "out"
-    args = ("localize", data / "images" / "test", "--model", checkpoints["resnet18"], "--out", out,
-            "--input-size", "64")  # fmt: skip
-    assert cli(*args).code == 0
-    before = (out / "boxes.json").read_bytes()
+    args, out, before = completed_localize_run(cli, checkpoints, tmp_path)
 
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")

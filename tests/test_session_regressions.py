@@ -61,14 +61,10 @@ def test_an_interruption_just_after_the_first_checkpoint_replaced_the_record_sti
     import os
 
     import bagcams_deploy.outputs as outputs
-    from bagcams_deploy.scenes import write_dataset
 
-    data = write_dataset(tmp_path / "scenes", {"train": 0, "val": 0, "test": 2}, seed=1, size=64)
-    out = tmp_path / "out"
-    args = ("localize", data / "images" / "test", "--model", checkpoints["resnet18"], "--out", out,
-            "--input-size", "64")  # fmt: skip
-    assert cli(*args).code == 0
-    before = (out / "boxes.json").read_bytes()
+    from .test_scale import completed_localize_run
+
+    args, out, before = completed_localize_run(cli, checkpoints, tmp_path)
     real = os.replace
 
     def interrupted_after_the_replace(src, dst, *a, **k):
